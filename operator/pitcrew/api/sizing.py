@@ -1,0 +1,71 @@
+"""Engine sizes resolved the way Megatron's TRTLLMEngineBuilder and TRT-LLM's check_max_num_tokens do.
+
+Pure: the controller uses it to normalise the cache key (two specs that build the same engine get the
+same key), the builder to fill BuildConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# TRT-LLM warns above this many tokens per batch; we keep the value and say so in the build log.
+LARGE_NUM_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class ResolvedSizes:
+    max_input_len: int
+    max_seq_len: int
+    max_batch_size: int
+    max_beam_width: int
+    max_num_tokens: int
+    opt_num_tokens: int | None
+    warnings: tuple[str, ...] = ()
+
+
+def resolve_sizes(
+    *,
+    max_input_len: int,
+    max_output_len: int,
+    max_seq_len: int | None,
+    max_batch_size: int,
+    max_beam_width: int,
+    max_num_tokens: int | None,
+    opt_num_tokens: int | None,
+    remove_input_padding: bool,
+    context_fmha: bool,
+    tokens_per_block: int,
+    multiple_profiles: bool,
+) -> ResolvedSizes:
+    """max_seq_len defaults to input + output; then TRT-LLM's check_max_num_tokens rules."""
+    seq_len = max_seq_len if max_seq_len is not None else max_input_len + max_output_len
+    warnings: list[str] = []
+    product = max_batch_size * seq_len
+    if not remove_input_padding:
+        # Padded inputs: every sequence occupies max_seq_len slots; user values are ignored.
+        if max_num_tokens is not None and max_num_tokens != product:
+            warnings.append(
+                f"maxNumTokens {max_num_tokens} ignored without removeInputPadding; using {product}"
+            )
+        num_tokens = product
+        opt = None
+    else:
+        num_tokens = product if max_num_tokens is None else min(max_num_tokens, product)
+        if num_tokens > LARGE_NUM_TOKENS:
+            warnings.append(f"maxNumTokens {num_tokens} is above {LARGE_NUM_TOKENS}: large activation memory")
+        floor = tokens_per_block if context_fmha else max_input_len
+        num_tokens = max(num_tokens, floor)
+        opt = opt_num_tokens
+        if opt is None and not multiple_profiles:
+            opt = min(max_batch_size * max_beam_width, num_tokens)
+        if opt is not None:
+            opt = min(opt, num_tokens)
+    return ResolvedSizes(
+        max_input_len=max_input_len,
+        max_seq_len=seq_len,
+        max_batch_size=max_batch_size,
+        max_beam_width=max_beam_width,
+        max_num_tokens=num_tokens,
+        opt_num_tokens=opt,
+        warnings=tuple(warnings),
+    )
