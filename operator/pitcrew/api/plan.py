@@ -131,3 +131,24 @@ class BuildResult(ApiModel):
     # On failure: a reason the controller maps to status (InvalidCheckpoint, BuildError, ...).
     reason: str | None = None
     message: str | None = None
+
+
+# Written by the builder under the engine prefix while it runs (not part of the manifest): the
+# builder has no Kubernetes token, so the controller reads progress from here.
+PROGRESS_FILE = ".pitcrew-progress.json"
+
+
+class ProgressReport(ApiModel):
+    stage: str
+    percent: int
+    message: str = ""
+    updated_at: str
+
+
+# Failure reasons the builder reports in BuildResult.reason (the controller adds OOMKilled,
+# ImagePullError, DeadlineExceeded and Unschedulable from the Job and Pod state).
+REASON_INVALID_CHECKPOINT = "InvalidCheckpoint"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_SOURCE_UNAVAILABLE = "SourceUnavailable"
+REASON_BUILD_ERROR = "BuildError"
+REASON_PUBLISH_ERROR = "PublishError"
