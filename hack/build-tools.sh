@@ -17,6 +17,10 @@ CACHE=${PITCREW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pitcrew}
 LOGS=$CACHE/logs
 mkdir -p "$CACHE/bin" "$LOGS"
 
+# Two runs at once (a demo and a test run) would clobber each other's half-built folders.
+exec 9>"$CACHE/.build.lock"
+flock 9
+
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 
 die() { echo "build-tools: $*" >&2; exit 1; }

@@ -1,0 +1,42 @@
+# Pitcrew: `make demo` runs the local demo, `make test` the whole suite, `make down` stops the demo.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export PITCREW_CACHE_DIR ?= $(HOME)/.cache/pitcrew
+
+.PHONY: demo test down lint tools crds venv clean
+
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || uv venv --quiet --python $(PYTHON) $(VENV)
+	uv pip install --quiet --python $(PY) -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# Real etcd, kube-apiserver, controller-manager, scheduler, kwok and MinIO from Go modules.
+# Cached under $(PITCREW_CACHE_DIR)/bin keyed by version: the first run takes 20-30 min.
+tools:
+	bash hack/build-tools.sh
+
+crds: venv
+	$(PY) -m pitcrew.api.crdgen
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+demo: venv tools
+	bash hack/demo.sh
+
+down:
+	@test -x $(PY) && $(PY) -m pitcrew.devcluster down || echo "nothing to stop"
+
+test: venv tools lint
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+clean: down
+	rm -rf $(VENV) .pitcrew

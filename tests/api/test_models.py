@@ -1,0 +1,73 @@
+"""The models' defaults are Megatron's TRTLLMEngineBuilder defaults; bad input names the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from pitcrew.api.sizing import resolve_sizes
+from pitcrew.api.v1alpha1 import BuildOptions, EngineBuildSpec
+
+MINIMAL = {
+    "source": {"uri": "s3://models/llama"},
+    "target": {"gpuProduct": "NVIDIA-A100-SXM4-80GB"},
+    "output": {"uri": "s3://engines/llama"},
+}
+
+
+def test_defaults_match_megatron_builder() -> None:
+    build = BuildOptions()
+    assert (build.max_input_len, build.max_output_len, build.max_batch_size) == (1024, 1024, 4)
+    assert (build.max_beam_width, build.tokens_per_block, build.lora.max_lora_rank) == (1, 128, 64)
+    assert build.paged_kv_cache and build.remove_input_padding
+    assert not (build.paged_context_fmha or build.use_refit or build.multiple_profiles or build.reduce_fusion)
+    assert (build.gpt_attention_plugin, build.gemm_plugin) == ("auto", "auto")
+    assert build.max_prompt_embedding_table_size == 0
+
+
+def test_megatron_default_sizes() -> None:
+    b = BuildOptions()
+    sizes = resolve_sizes(
+        max_input_len=b.max_input_len, max_output_len=b.max_output_len, max_seq_len=b.max_seq_len,
+        max_batch_size=b.max_batch_size, max_beam_width=b.max_beam_width, max_num_tokens=b.max_num_tokens,
+        opt_num_tokens=b.opt_num_tokens, remove_input_padding=b.remove_input_padding, context_fmha=True,
+        tokens_per_block=b.tokens_per_block, multiple_profiles=b.multiple_profiles,
+    )
+    assert (sizes.max_seq_len, sizes.max_num_tokens, sizes.opt_num_tokens) == (2048, 8192, 4)
+
+
+@pytest.mark.parametrize(
+    ("padding", "fmha", "given", "expected"),
+    [
+        (False, True, 100, 4 * 2048),  # padded inputs ignore the given value
+        (True, True, 100_000, 4 * 2048),  # clamped to batch x seq
+        (True, True, 16, 128),  # raised to tokens_per_block with context FMHA
+        (True, False, 16, 1024),  # raised to max_input_len without it
+    ],
+)
+def test_max_num_tokens_rules(padding: bool, fmha: bool, given: int, expected: int) -> None:
+    sizes = resolve_sizes(
+        max_input_len=1024, max_output_len=1024, max_seq_len=None, max_batch_size=4, max_beam_width=1,
+        max_num_tokens=given, opt_num_tokens=None, remove_input_padding=padding, context_fmha=fmha,
+        tokens_per_block=128, multiple_profiles=False,
+    )
+    assert sizes.max_num_tokens == expected
+    assert sizes.opt_num_tokens is None or sizes.opt_num_tokens <= sizes.max_num_tokens
+
+
+def test_camel_case_wire_form_round_trips() -> None:
+    spec = EngineBuildSpec.model_validate({**MINIMAL, "build": {"maxInputLen": 512, "maxSeqLen": 600}})
+    wire = spec.to_api()
+    assert wire["build"]["maxInputLen"] == 512 and wire["build"]["maxSeqLen"] == 600
+    assert EngineBuildSpec.model_validate(wire) == spec
+
+
+def test_unknown_field_is_named() -> None:
+    with pytest.raises(ValidationError) as err:
+        EngineBuildSpec.model_validate({**MINIMAL, "build": {"maxInputLength": 512}})
+    assert "maxInputLength" in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["http://x/y", "s3:/missing", "gs://bucket/x"])
+def test_output_uri_must_be_s3_or_pvc(uri: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        EngineBuildSpec.model_validate({**MINIMAL, "output": {"uri": uri}})
+    assert "output" in str(err.value) and "uri" in str(err.value)
