@@ -1,0 +1,187 @@
+"""The conversion stage's single entry point: ``convert``."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pitcrew_builder.checkpoint import (
+    CheckpointConfig,
+    CheckpointError,
+    MappingConfig,
+    QuantConfig,
+    rank_file,
+    validate_checkpoint,
+    write_config,
+)
+from pitcrew_builder.convert.source import ModelSource
+from pitcrew_builder.convert.writer import TORCH_DTYPES, ProgressFn, clear_checkpoint_dir, write_checkpoint
+
+SourceFormat = Literal["hf", "megatron", "trtllm-checkpoint"]
+
+_QUANT_ALIASES: dict[str, tuple[str | None, str | None]] = {
+    "none": (None, None),
+    "int8": ("W8A16", None), "w8a16": ("W8A16", None), "int8_weight_only": ("W8A16", None),
+    "int4": ("W4A16", None), "w4a16": ("W4A16", None), "int4_weight_only": ("W4A16", None),
+    "fp8": ("FP8", "FP8"),
+}
+_DTYPE_ALIASES = {"float16": "float16", "fp16": "float16", "half": "float16",
+                  "bfloat16": "bfloat16", "bf16": "bfloat16",
+                  "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+@dataclass
+class ModelOverrides:
+    """Corrections applied on top of what the source says about the model.
+
+    ``fields`` overrides CheckpointConfig fields by name (e.g. ``{"vocab_size": 32000,
+    "use_parallel_embedding": True, "max_position_embeddings": 4096}``; ``vocab_size`` below the
+    source's row count truncates Megatron's padded vocabulary). ``megatron_args`` fills in or
+    replaces Megatron training arguments (``num_layers``, ``hidden_size``, ...) when a checkpoint's
+    saved ``args`` are missing or wrong.
+    """
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    megatron_args: dict[str, Any] = field(default_factory=dict)
+
+
+def quant_config(quantization: str | None) -> QuantConfig:
+    """Map a build-spec quantization name to TRT-LLM's quant_algo / kv_cache_quant_algo.
+
+    Weight-only int8/int4 keep float weights: TRT-LLM quantizes them at build time. FP8 only
+    marks the config; real FP8 needs calibrated scales from TRT-LLM's quantize (ModelOpt) path.
+    """
+    key = (quantization or "none").lower()
+    if key not in _QUANT_ALIASES:
+        raise CheckpointError(f"quantization {quantization!r} is not one of {sorted(_QUANT_ALIASES)}")
+    algo, kv = _QUANT_ALIASES[key]
+    return QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv)
+
+
+def output_config(source: CheckpointConfig, *, tp: int, pp: int, dtype: str, quant: QuantConfig,
+                  overrides: ModelOverrides | None) -> CheckpointConfig:
+    """The config of the checkpoint to write: the source's model with the requested layout."""
+    name = _DTYPE_ALIASES.get(dtype.lower(), dtype) if dtype != "auto" else source.dtype
+    if name not in TORCH_DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not one of float16, bfloat16, float32, auto")
+    config = dataclasses.replace(
+        source, dtype=name, mapping=MappingConfig(world_size=tp * pp, tp_size=tp, pp_size=pp),
+        quantization=quant, extra=dict(source.extra),
+    )
+    known = {f.name for f in dataclasses.fields(CheckpointConfig)} - {"mapping", "quantization", "dtype"}
+    for key, value in (overrides.fields if overrides else {}).items():
+        if key not in known:
+            raise CheckpointError(f"override field {key!r} is not a checkpoint config field")
+        setattr(config, key, value)
+    if tp < 1 or pp < 1:
+        raise CheckpointError(f"tp={tp} and pp={pp} must be at least 1")
+    config.check()
+    return config
+
+
+def _open_source(source_dir: Path, source_format: SourceFormat, overrides: ModelOverrides | None) -> ModelSource:
+    if source_format == "hf":
+        from pitcrew_builder.convert.hf import HFSource
+
+        return HFSource(source_dir)
+    if source_format == "megatron":
+        from pitcrew_builder.convert.megatron import open_megatron
+
+        return open_megatron(source_dir, overrides.megatron_args if overrides else None)
+    if source_format == "trtllm-checkpoint":
+        from pitcrew_builder.convert.trtllm import TrtllmSource
+
+        return TrtllmSource(source_dir)
+    raise CheckpointError(f"source_format {source_format!r} is not one of hf, megatron, trtllm-checkpoint")
+
+
+class _TruncatedVocab(ModelSource):
+    """Drops padded vocabulary rows when the overrides ask for a smaller vocab_size."""
+
+    def __init__(self, inner: ModelSource, vocab_size: int) -> None:
+        self.inner, self.config = inner, dataclasses.replace(inner.config, vocab_size=vocab_size)
+
+    def embeddings(self) -> dict[str, Any]:
+        out = self.inner.embeddings()
+        name = "transformer.vocab_embedding.weight"
+        out[name] = out[name][: self.config.vocab_size]
+        return out
+
+    def layer(self, index: int) -> dict[str, Any]:
+        return self.inner.layer(index)
+
+    def final(self) -> dict[str, Any]:
+        out = self.inner.final()
+        out["lm_head.weight"] = out["lm_head.weight"][: self.config.vocab_size]
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def convert(
+    source_dir: Path,
+    source_format: SourceFormat,
+    out_dir: Path,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "float16",
+    overrides: ModelOverrides | None = None,
+    quantization: str | None = None,
+    progress: ProgressFn | None = None,
+) -> CheckpointConfig:
+    """Convert a model to a TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``).
+
+    ``source_format``: ``hf`` (LLaMA/Mistral/Qwen2/GPT-2 directory), ``megatron`` (legacy
+    ``mp_rank_*`` or ``torch_dist`` directory, or their parent with
+    ``latest_checkpointed_iteration.txt``) or ``trtllm-checkpoint`` (validated, then copied or
+    re-sharded). ``tp``/``pp`` are the output layout, independent of the source's sharding.
+    ``dtype``: float16, bfloat16, float32 or ``auto`` (the source's). ``quantization``: None,
+    ``int8``/``w8a16``, ``int4``/``w4a16`` or ``fp8`` (see ``quant_config``).
+    ``progress(message, fraction)`` is called with fractions rising from 0.0 to 1.0.
+    Raises CheckpointError (a ValueError) naming the offending tensor or field.
+    Returns the config written to ``out_dir/config.json``.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if not source_dir.is_dir():
+        raise CheckpointError(f"source directory {source_dir} does not exist")
+    if source_dir.resolve() == out_dir.resolve():
+        raise CheckpointError("out_dir must differ from source_dir")
+    quant = quant_config(quantization)
+    if source_format == "trtllm-checkpoint":
+        done = _pass_through(source_dir, out_dir, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides,
+                             progress=progress)
+        if done is not None:
+            return done
+    with _open_source(source_dir, source_format, overrides) as source:
+        wanted_vocab = (overrides.fields.get("vocab_size") if overrides else None)
+        if wanted_vocab is not None and int(wanted_vocab) < source.config.vocab_size:
+            source = _TruncatedVocab(source, int(wanted_vocab))
+        config = output_config(source.config, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
+        return write_checkpoint(source, config, out_dir, progress)
+
+
+def _pass_through(source_dir: Path, out_dir: Path, *, tp: int, pp: int, dtype: str, quant: QuantConfig,
+                  overrides: ModelOverrides | None, progress: ProgressFn | None) -> CheckpointConfig | None:
+    """Copy a checkpoint whose layout already matches; None when it must be re-written."""
+    stored = validate_checkpoint(source_dir)
+    wanted = output_config(stored, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
+    if quant.quant_algo is None and quant.kv_cache_quant_algo is None:
+        wanted.quantization = stored.quantization  # "no quantization asked" keeps what is there
+    same_layout = (wanted.mapping == stored.mapping and wanted.dtype == stored.dtype)
+    if not same_layout:
+        return None
+    clear_checkpoint_dir(out_dir)
+    world = stored.mapping.world_size
+    for rank in range(world):
+        if progress:
+            progress(f"copy rank {rank}", rank / world)
+        shutil.copyfile(rank_file(source_dir, rank), rank_file(out_dir, rank))
+    write_config(wanted, out_dir)
+    if progress:
+        progress("done", 1.0)
+    return wanted
