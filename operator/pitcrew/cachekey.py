@@ -1,0 +1,123 @@
+"""The content address of an engine build. Pure.
+
+Two EngineBuilds get the same key exactly when they would build the same engine: same source bytes
+(revision/ETag, or a digest of the object listing), format, model overrides, parallelism, build
+options after default resolution (so `maxSeqLen: 2048` and "unset with 1024+1024" agree),
+quantization, backend, builder image (its digest when pinned) and target compute capability.
+Output location, credentials, scheduling and `workers` do not change the engine and are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pitcrew.api.sizing import ResolvedSizes, resolve_sizes
+from pitcrew.api.v1alpha1 import BuildOptions, EngineBuildSpec
+
+KEY_SCHEMA = 1  # bump when the inputs change meaning, so old engines are not mistaken for new ones
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int
+    etag: str
+
+
+def normalize_uri(uri: str) -> str:
+    """Scheme and bucket/claim lower-cased, no trailing or doubled slashes."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri.rstrip("/")
+    parts = [p for p in rest.split("/") if p]
+    if not parts:
+        return f"{scheme.lower()}://"
+    if scheme.lower() != "file":
+        parts[0] = parts[0].lower()
+    return f"{scheme.lower()}://" + ("/" if scheme.lower() == "file" else "") + "/".join(parts)
+
+
+def listing_digest(objects: Iterable[ListedObject], prefix: str) -> str:
+    """sha256 over the relative keys, sizes and ETags of a source listing, order-independent."""
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    rows = sorted(
+        (o.key[len(base) :] if o.key.startswith(base) else o.key, o.size, o.etag.strip('"')) for o in objects
+    )
+    return "listing:sha256:" + hashlib.sha256(canonical_json(rows).encode()).hexdigest()
+
+
+def image_identity(image: str) -> str:
+    """A pinned image is identified by its digest alone (the tag is decoration)."""
+    if "@sha256:" in image:
+        return "sha256:" + image.split("@sha256:", 1)[1]
+    return image
+
+
+def sizes_for(build: BuildOptions) -> ResolvedSizes:
+    return resolve_sizes(
+        max_input_len=build.max_input_len,
+        max_output_len=build.max_output_len,
+        max_seq_len=build.max_seq_len,
+        max_batch_size=build.max_batch_size,
+        max_beam_width=build.max_beam_width,
+        max_num_tokens=build.max_num_tokens,
+        opt_num_tokens=build.opt_num_tokens,
+        remove_input_padding=build.remove_input_padding,
+        context_fmha=True,  # Megatron leaves context FMHA at TRT-LLM's default: on
+        tokens_per_block=build.tokens_per_block,
+        multiple_profiles=build.multiple_profiles,
+    )
+
+
+def key_inputs(
+    spec: EngineBuildSpec, *, source_identity: str, builder_image: str, compute_capability: str
+) -> dict[str, Any]:
+    """The normalised inputs the key is the hash of (also recorded in the plan and manifest)."""
+    build = spec.build.model_dump(mode="json", exclude={"workers", "lora"})
+    sizes = sizes_for(spec.build)
+    build.update(
+        max_seq_len=sizes.max_seq_len,
+        max_num_tokens=sizes.max_num_tokens,
+        opt_num_tokens=sizes.opt_num_tokens,
+    )
+    # max_output_len only matters through max_seq_len once that is resolved.
+    build.pop("max_output_len", None)
+    if not spec.build.paged_kv_cache:
+        build.pop("tokens_per_block", None)
+    lora = spec.build.lora
+    build["lora"] = (
+        {"max_lora_rank": lora.max_lora_rank, "target_modules": sorted(lora.target_modules)}
+        if lora.enabled
+        else None
+    )
+    quant = spec.quantization.model_dump(mode="json")
+    if quant["weights"] != "int4":
+        quant.pop("group_size")
+    model = spec.model.model_dump(mode="json", exclude_none=True) if spec.model else {}
+    return {
+        "schema": KEY_SCHEMA,
+        "source": {
+            "uri": normalize_uri(spec.source.uri),
+            "format": str(spec.source.format),
+            "identity": source_identity,
+        },
+        "model": model,
+        "parallelism": spec.parallelism.model_dump(mode="json"),
+        "build": build,
+        "quantization": quant,
+        "backend": str(spec.backend),
+        "builder": image_identity(builder_image),
+        "computeCapability": compute_capability,
+    }
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()

@@ -1,0 +1,221 @@
+"""Renders the builder Job and its plan ConfigMap. Pure: dicts in, dicts out.
+
+Least privilege: no service-account token, non-root, no privilege escalation, no capabilities,
+RuntimeDefault seccomp; credentials reach the builder only as secretKeyRef env vars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_FILE, BuildPlan
+from pitcrew.api.v1alpha1 import API_VERSION, KIND, EngineBuildSpec, SecretReference
+from pitcrew.settings import Settings
+from pitcrew.validation import Resolved
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "pitcrew"
+COMPONENT = "app.kubernetes.io/component"
+LABEL_UID = "pitcrew.dev/enginebuild-uid"
+LABEL_KEY = "pitcrew.dev/cache-key"  # first 32 hex digits: label values are capped at 63
+ANN_NAME = "pitcrew.dev/enginebuild"
+ANN_KEY = "pitcrew.dev/cache-key"
+ANN_GENERATION = "pitcrew.dev/generation"
+SELECTOR = f"{MANAGED_BY}={MANAGER}"
+
+PLAN_DIR = "/etc/pitcrew"
+SCRATCH_DIR = "/scratch"
+PVC_ROOT = "/mnt/pvc"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+CONTAINER = "builder"
+KEY_IN_NAME = 10
+MAX_NAME = 63
+
+
+def job_name(eb_name: str, key: str) -> str:
+    """`<name>-<key[:10]>`, a DNS label of at most 63 characters, stable for (name, key)."""
+    base = re.sub(r"[^a-z0-9-]", "-", eb_name.lower()).strip("-") or "eb"
+    room = MAX_NAME - KEY_IN_NAME - 1
+    if len(base) > room:
+        # Truncated names keep a hash of the full name so two long names do not collide.
+        digest = hashlib.sha256(eb_name.encode()).hexdigest()[:6]
+        base = base[: room - 7].rstrip("-") + "-" + digest
+    return f"{base}-{key[:KEY_IN_NAME]}"
+
+
+def owner_reference(eb_name: str, eb_uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": eb_name, "uid": eb_uid, "controller": True}
+
+
+def labels(eb_uid: str, key: str) -> dict[str, str]:
+    return {MANAGED_BY: MANAGER, COMPONENT: "builder", LABEL_UID: eb_uid, LABEL_KEY: key[:32]}
+
+
+def annotations(eb_name: str, key: str, generation: int) -> dict[str, str]:
+    return {ANN_NAME: eb_name, ANN_KEY: key, ANN_GENERATION: str(generation)}
+
+
+def _metadata(name: str, namespace: str, eb_name: str, eb_uid: str, plan: BuildPlan) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(eb_uid, plan.cache_key),
+        "annotations": annotations(eb_name, plan.cache_key, plan.generation),
+        "ownerReferences": [owner_reference(eb_name, eb_uid)],
+    }
+
+
+def render_configmap(*, namespace: str, eb_name: str, eb_uid: str, plan: BuildPlan) -> dict[str, Any]:
+    name = job_name(eb_name, plan.cache_key)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(name, namespace, eb_name, eb_uid, plan),
+        "data": {PLAN_FILE: plan.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
+        "immutable": True,
+    }
+
+
+def _secret_env(role: str, ref: SecretReference | None) -> list[dict[str, Any]]:
+    if ref is None:
+        return []
+    key_var, secret_var = CREDENTIAL_ENV[role]
+    return [
+        {"name": key_var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}}},
+        {
+            "name": secret_var,
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
+        },
+    ]
+
+
+def _pvc_claim(uri: str) -> str | None:
+    if not uri.startswith("pvc://"):
+        return None
+    return uri[len("pvc://") :].split("/", 1)[0]
+
+
+def _resources(spec: EngineBuildSpec, gpu_count: int) -> dict[str, Any]:
+    res = spec.target.resources
+    requests = dict(res.requests) if res and res.requests else {}
+    limits = dict(res.limits) if res and res.limits else {}
+    if gpu_count > 0:
+        # Extended resources must have requests == limits.
+        requests[GPU_RESOURCE] = gpu_count
+        limits[GPU_RESOURCE] = gpu_count
+    else:
+        requests.pop(GPU_RESOURCE, None)
+        limits.pop(GPU_RESOURCE, None)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in requests.items()}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def render_job(
+    *,
+    namespace: str,
+    eb_name: str,
+    eb_uid: str,
+    spec: EngineBuildSpec,
+    resolved: Resolved,
+    plan: BuildPlan,
+    settings: Settings,
+) -> dict[str, Any]:
+    name = job_name(eb_name, plan.cache_key)
+    meta = _metadata(name, namespace, eb_name, eb_uid, plan)
+    volumes: list[dict[str, Any]] = [
+        {"name": "plan", "configMap": {"name": name}},
+        {
+            "name": "scratch",
+            "emptyDir": {"sizeLimit": settings.scratch_size_limit} if settings.scratch_size_limit else {},
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    source_claim, output_claim = _pvc_claim(spec.source.uri), _pvc_claim(spec.output.uri)
+    for claim, read_only in ((output_claim, False), (source_claim, True)):
+        if claim is None or any(
+            v.get("persistentVolumeClaim", {}).get("claimName") == claim for v in volumes
+        ):
+            continue  # one volume per claim; the output mount (read-write) wins if both share it
+        vol = f"pvc-{len(volumes)}"
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+    env: list[dict[str, Any]] = [
+        {"name": "PITCREW_PLAN", "value": f"{PLAN_DIR}/{PLAN_FILE}"},
+        {"name": "PITCREW_SCRATCH", "value": SCRATCH_DIR},
+        {"name": "PITCREW_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+        *_secret_env("source", spec.source.credentials_secret_ref),
+        *_secret_env("output", spec.output.credentials_secret_ref),
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": resolved.builder_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+    }
+    resources = _resources(spec, resolved.gpu_count)
+    if resources:
+        container["resources"] = resources
+    node_selector = dict(spec.target.node_selector or {})
+    if spec.target.gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = spec.target.gpu_product
+    tolerations = [t.to_api() for t in spec.target.tolerations or ()]
+    if resolved.gpu_count > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; a GPU build belongs there.
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    uid = settings.run_as_user
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.target.priority_class_name:
+        pod_spec["priorityClassName"] = spec.target.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": spec.retry_limit,
+            "activeDeadlineSeconds": spec.timeout_seconds,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "template": {
+                "metadata": {
+                    "labels": labels(eb_uid, plan.cache_key),
+                    "annotations": dict(meta["annotations"]),
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,87 @@
+"""From a validated spec and the source identity to the cache key and BuildPlan. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitcrew import cachekey
+from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, ResolvedSizes
+from pitcrew.api.v1alpha1 import EngineBuildSpec
+from pitcrew.settings import Settings
+from pitcrew.validation import Resolved
+
+# Identity used when the source cannot be listed (pvc://, file://) and no revision is pinned:
+# the key then follows the URI only, so pin spec.source.revision to rebuild on new bytes.
+UNPINNED = "unpinned"
+
+
+@dataclass(frozen=True)
+class Planned:
+    key: str
+    plan: BuildPlan
+
+
+def engine_uri(output_uri: str, key: str) -> str:
+    return f"{output_uri.rstrip('/')}/{key}/"
+
+
+def manifest_uri(output_uri: str, key: str) -> str:
+    return engine_uri(output_uri, key) + "manifest.json"
+
+
+def make_plan(
+    spec: EngineBuildSpec,
+    resolved: Resolved,
+    settings: Settings,
+    *,
+    namespace: str,
+    name: str,
+    generation: int,
+    source_identity: str,
+) -> Planned:
+    inputs = cachekey.key_inputs(
+        spec,
+        source_identity=source_identity,
+        builder_image=resolved.builder_image,
+        compute_capability=resolved.compute_capability,
+    )
+    key = cachekey.cache_key(inputs)
+    sizes = cachekey.sizes_for(spec.build)
+    plan = BuildPlan(
+        name=f"{namespace}/{name}",
+        generation=generation,
+        cache_key=key,
+        cache_key_inputs=inputs,
+        builder_version=resolved.builder_image,
+        source=PlanSource(
+            uri=spec.source.uri,
+            format=spec.source.format,
+            revision=spec.source.revision,
+            endpoint=spec.source.endpoint or settings.s3_endpoint,
+            identity=source_identity,
+        ),
+        model=spec.model,
+        parallelism=spec.parallelism,
+        build=spec.build,
+        sizes=ResolvedSizes(
+            max_input_len=sizes.max_input_len,
+            max_seq_len=sizes.max_seq_len,
+            max_batch_size=sizes.max_batch_size,
+            max_beam_width=sizes.max_beam_width,
+            max_num_tokens=sizes.max_num_tokens,
+            opt_num_tokens=sizes.opt_num_tokens,
+        ),
+        quantization=spec.quantization,
+        backend=spec.backend,
+        target=PlanTarget(
+            compute_capability=resolved.compute_capability,
+            gpu_product=spec.target.gpu_product,
+            gpu_count=resolved.gpu_count,
+        ),
+        output=PlanOutput(
+            uri=spec.output.uri,
+            engine_uri=engine_uri(spec.output.uri, key),
+            endpoint=spec.output.endpoint or settings.s3_endpoint,
+        ),
+    )
+    return Planned(key=key, plan=plan)

@@ -1,0 +1,156 @@
+"""Operator settings from environment variables (documented in docs/configuration.md).
+
+Pure: `Settings.from_env(mapping)` parses a mapping, so tests need no real environment. Bad values
+raise SettingsError naming the variable, so a misconfigured Deployment fails once with a clear log
+instead of crash-looping with a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pitcrew.api.v1alpha1 import Backend
+
+DEFAULT_BUILDER_IMAGE = "ghcr.io/pitcrew/builder:0.1.0"
+DEFAULT_RTX_BUILDER_IMAGE = "ghcr.io/pitcrew/builder-rtx:0.1.0"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    help: str
+
+
+# The single table of settings: docs/configuration.md is checked against it by a test.
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("PITCREW_BUILDER_IMAGE", DEFAULT_BUILDER_IMAGE, "Builder image for backend tensorrt-llm."),
+    EnvVar(
+        "PITCREW_CHECKPOINT_BUILDER_IMAGE", DEFAULT_BUILDER_IMAGE, "Builder image for backend checkpoint."
+    ),
+    EnvVar("PITCREW_RTX_BUILDER_IMAGE", DEFAULT_RTX_BUILDER_IMAGE, "Builder image for backend tensorrt-rtx."),
+    EnvVar("PITCREW_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of builder containers."),
+    EnvVar("PITCREW_S3_ENDPOINT", "", "Default S3 endpoint URL when a spec gives none (empty: AWS)."),
+    EnvVar("PITCREW_S3_REGION", "us-east-1", "S3 region used for signing."),
+    EnvVar(
+        "PITCREW_NAMESPACES",
+        "",
+        "Comma-separated namespaces to watch (globs allowed); empty: all namespaces (cluster-wide).",
+    ),
+    EnvVar("PITCREW_JOB_TTL_SECONDS", "86400", "ttlSecondsAfterFinished of builder Jobs."),
+    EnvVar(
+        "PITCREW_UNSCHEDULABLE_GRACE_SECONDS",
+        "300",
+        "How long a builder pod may stay unschedulable (Queued) before the build fails as Unschedulable.",
+    ),
+    EnvVar("PITCREW_POLL_SECONDS", "10", "Interval of the per-build timer: progress, grace expiry, resync."),
+    EnvVar("PITCREW_RETRY_SECONDS", "30", "Delay before retrying a transient error (S3 or API)."),
+    EnvVar("PITCREW_METRICS_PORT", "8080", "Port of the Prometheus /metrics endpoint; 0 disables it."),
+    EnvVar("PITCREW_RUN_AS_USER", "1000", "runAsUser (and runAsGroup, fsGroup) of builder pods."),
+    EnvVar("PITCREW_SCRATCH_SIZE_LIMIT", "", "sizeLimit of the /scratch emptyDir (e.g. 200Gi); empty: none."),
+    EnvVar("PITCREW_LOG_FORMAT", "json", "Log format: json (structured) or plain."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    builder_images: Mapping[Backend, str] = field(
+        default_factory=lambda: {
+            Backend.TENSORRT_LLM: DEFAULT_BUILDER_IMAGE,
+            Backend.CHECKPOINT: DEFAULT_BUILDER_IMAGE,
+            Backend.TENSORRT_RTX: DEFAULT_RTX_BUILDER_IMAGE,
+        }
+    )
+    image_pull_policy: str = "IfNotPresent"
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    namespaces: tuple[str, ...] = ()
+    job_ttl_seconds: int = 86400
+    unschedulable_grace_seconds: int = 300
+    poll_seconds: float = 10.0
+    retry_seconds: float = 30.0
+    metrics_port: int = 8080
+    run_as_user: int = 1000
+    scratch_size_limit: str | None = None
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw = {v.name: (env.get(v.name) or v.default).strip() for v in ENV_VARS}
+        policy = raw["PITCREW_IMAGE_PULL_POLICY"]
+        if policy not in ("Always", "IfNotPresent", "Never"):
+            raise SettingsError(f"PITCREW_IMAGE_PULL_POLICY={policy!r}: use Always, IfNotPresent or Never")
+        endpoint = raw["PITCREW_S3_ENDPOINT"] or None
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"PITCREW_S3_ENDPOINT={endpoint!r}: give a URL starting with http:// or https://"
+            )
+        log_format = raw["PITCREW_LOG_FORMAT"]
+        if log_format not in ("json", "plain"):
+            raise SettingsError(f"PITCREW_LOG_FORMAT={log_format!r}: use json or plain")
+        for name in (
+            "PITCREW_BUILDER_IMAGE",
+            "PITCREW_CHECKPOINT_BUILDER_IMAGE",
+            "PITCREW_RTX_BUILDER_IMAGE",
+        ):
+            if not raw[name] or " " in raw[name]:
+                raise SettingsError(
+                    f"{name}={raw[name]!r}: give an image reference such as {DEFAULT_BUILDER_IMAGE}"
+                )
+        return cls(
+            builder_images={
+                Backend.TENSORRT_LLM: raw["PITCREW_BUILDER_IMAGE"],
+                Backend.CHECKPOINT: raw["PITCREW_CHECKPOINT_BUILDER_IMAGE"],
+                Backend.TENSORRT_RTX: raw["PITCREW_RTX_BUILDER_IMAGE"],
+            },
+            image_pull_policy=policy,
+            s3_endpoint=endpoint,
+            s3_region=raw["PITCREW_S3_REGION"] or "us-east-1",
+            namespaces=tuple(ns.strip() for ns in raw["PITCREW_NAMESPACES"].split(",") if ns.strip()),
+            job_ttl_seconds=_int(raw, "PITCREW_JOB_TTL_SECONDS", minimum=0),
+            unschedulable_grace_seconds=_int(raw, "PITCREW_UNSCHEDULABLE_GRACE_SECONDS", minimum=0),
+            poll_seconds=_float(raw, "PITCREW_POLL_SECONDS", minimum=0.1),
+            retry_seconds=_float(raw, "PITCREW_RETRY_SECONDS", minimum=0.1),
+            metrics_port=_int(raw, "PITCREW_METRICS_PORT", minimum=0, maximum=65535),
+            run_as_user=_int(raw, "PITCREW_RUN_AS_USER", minimum=1),
+            scratch_size_limit=raw["PITCREW_SCRATCH_SIZE_LIMIT"] or None,
+            log_format=log_format,
+        )
+
+    def builder_image(self, backend: Backend) -> str:
+        return self.builder_images[backend]
+
+    def describe(self) -> dict[str, Any]:
+        """For the startup log line."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["builder_images"] = {str(k): v for k, v in self.builder_images.items()}
+        return out
+
+
+def _int(raw: Mapping[str, str], name: str, *, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw[name])
+    except ValueError:
+        raise SettingsError(f"{name}={raw[name]!r}: give a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingsError(f"{name}={value}: must be {bound}")
+    return value
+
+
+def _float(raw: Mapping[str, str], name: str, *, minimum: float) -> float:
+    try:
+        value = float(raw[name])
+    except ValueError:
+        raise SettingsError(f"{name}={raw[name]!r}: give a number of seconds") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value}: must be at least {minimum}")
+    return value
