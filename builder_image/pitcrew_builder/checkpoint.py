@@ -128,8 +128,15 @@ class CheckpointConfig:
             )
         if self.dtype not in DTYPES:
             raise CheckpointError(f"dtype {self.dtype!r} is not one of {DTYPES}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_size", "intermediate_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_size",
+            "intermediate_size",
+        ):
             if getattr(self, name) <= 0:
                 raise CheckpointError(f"{name} must be positive, got {getattr(self, name)}")
         m = self.mapping
@@ -160,11 +167,15 @@ class CheckpointConfig:
                 f"num_hidden_layers={self.num_hidden_layers} is not divisible by pp={m.pp_size}"
             )
         if self.position_embedding_type not in ("learned_absolute", "rope_gpt_neox"):
-            raise CheckpointError(f"position_embedding_type {self.position_embedding_type!r} is not supported")
+            raise CheckpointError(
+                f"position_embedding_type {self.position_embedding_type!r} is not supported"
+            )
         if self.is_llama_family and self.position_embedding_type != "rope_gpt_neox":
             raise CheckpointError(f"{self.architecture} needs position_embedding_type rope_gpt_neox")
         if self.quantization.quant_algo not in QUANT_ALGOS:
-            raise CheckpointError(f"quantization.quant_algo {self.quantization.quant_algo!r} is not supported")
+            raise CheckpointError(
+                f"quantization.quant_algo {self.quantization.quant_algo!r} is not supported"
+            )
         if self.quantization.kv_cache_quant_algo not in KV_CACHE_QUANT_ALGOS:
             raise CheckpointError(
                 f"quantization.kv_cache_quant_algo {self.quantization.kv_cache_quant_algo!r} is not supported"
@@ -189,8 +200,18 @@ class CheckpointConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "mapping", "quantization"}
-        missing = [n for n in ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",
-                               "num_attention_heads") if n not in data]
+        missing = [
+            n
+            for n in (
+                "architecture",
+                "dtype",
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+            )
+            if n not in data
+        ]
         if missing:
             raise CheckpointError(f"config.json lacks field {missing[0]!r}")
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
@@ -215,8 +236,9 @@ class CheckpointConfig:
             kwargs.setdefault(k, v)
         mapping = dict(data.get("mapping") or {})
         tp, pp = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
-        kwargs["mapping"] = MappingConfig(world_size=int(mapping.get("world_size", tp * pp)), tp_size=tp,
-                                          pp_size=pp)
+        kwargs["mapping"] = MappingConfig(
+            world_size=int(mapping.get("world_size", tp * pp)), tp_size=tp, pp_size=pp
+        )
         quant = dict(data.get("quantization") or {})
         kwargs["quantization"] = QuantConfig(
             quant_algo=quant.get("quant_algo"),

@@ -8,5 +8,12 @@ from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError
 from pitcrew_builder.convert.api import ModelOverrides, SourceFormat, convert, quant_config
 from pitcrew_builder.convert.writer import ProgressFn
 
-__all__ = ["CheckpointConfig", "CheckpointError", "ModelOverrides", "ProgressFn", "SourceFormat", "convert",
-           "quant_config"]
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointError",
+    "ModelOverrides",
+    "ProgressFn",
+    "SourceFormat",
+    "convert",
+    "quant_config",
+]

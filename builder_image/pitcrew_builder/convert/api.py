@@ -24,13 +24,24 @@ SourceFormat = Literal["hf", "megatron", "trtllm-checkpoint"]
 
 _QUANT_ALIASES: dict[str, tuple[str | None, str | None]] = {
     "none": (None, None),
-    "int8": ("W8A16", None), "w8a16": ("W8A16", None), "int8_weight_only": ("W8A16", None),
-    "int4": ("W4A16", None), "w4a16": ("W4A16", None), "int4_weight_only": ("W4A16", None),
+    "int8": ("W8A16", None),
+    "w8a16": ("W8A16", None),
+    "int8_weight_only": ("W8A16", None),
+    "int4": ("W4A16", None),
+    "w4a16": ("W4A16", None),
+    "int4_weight_only": ("W4A16", None),
     "fp8": ("FP8", "FP8"),
 }
-_DTYPE_ALIASES = {"float16": "float16", "fp16": "float16", "half": "float16",
-                  "bfloat16": "bfloat16", "bf16": "bfloat16",
-                  "float32": "float32", "fp32": "float32", "float": "float32"}
+_DTYPE_ALIASES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
 
 
 @dataclass
@@ -61,15 +72,25 @@ def quant_config(quantization: str | None) -> QuantConfig:
     return QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv)
 
 
-def output_config(source: CheckpointConfig, *, tp: int, pp: int, dtype: str, quant: QuantConfig,
-                  overrides: ModelOverrides | None) -> CheckpointConfig:
+def output_config(
+    source: CheckpointConfig,
+    *,
+    tp: int,
+    pp: int,
+    dtype: str,
+    quant: QuantConfig,
+    overrides: ModelOverrides | None,
+) -> CheckpointConfig:
     """The config of the checkpoint to write: the source's model with the requested layout."""
     name = _DTYPE_ALIASES.get(dtype.lower(), dtype) if dtype != "auto" else source.dtype
     if name not in TORCH_DTYPES:
         raise CheckpointError(f"dtype {dtype!r} is not one of float16, bfloat16, float32, auto")
     config = dataclasses.replace(
-        source, dtype=name, mapping=MappingConfig(world_size=tp * pp, tp_size=tp, pp_size=pp),
-        quantization=quant, extra=dict(source.extra),
+        source,
+        dtype=name,
+        mapping=MappingConfig(world_size=tp * pp, tp_size=tp, pp_size=pp),
+        quantization=quant,
+        extra=dict(source.extra),
     )
     known = {f.name for f in dataclasses.fields(CheckpointConfig)} - {"mapping", "quantization", "dtype"}
     for key, value in (overrides.fields if overrides else {}).items():
@@ -82,7 +103,9 @@ def output_config(source: CheckpointConfig, *, tp: int, pp: int, dtype: str, qua
     return config
 
 
-def _open_source(source_dir: Path, source_format: SourceFormat, overrides: ModelOverrides | None) -> ModelSource:
+def _open_source(
+    source_dir: Path, source_format: SourceFormat, overrides: ModelOverrides | None
+) -> ModelSource:
     if source_format == "hf":
         from pitcrew_builder.convert.hf import HFSource
 
@@ -153,26 +176,43 @@ def convert(
         raise CheckpointError("out_dir must differ from source_dir")
     quant = quant_config(quantization)
     if source_format == "trtllm-checkpoint":
-        done = _pass_through(source_dir, out_dir, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides,
-                             progress=progress)
+        done = _pass_through(
+            source_dir,
+            out_dir,
+            tp=tp,
+            pp=pp,
+            dtype=dtype,
+            quant=quant,
+            overrides=overrides,
+            progress=progress,
+        )
         if done is not None:
             return done
     with _open_source(source_dir, source_format, overrides) as source:
-        wanted_vocab = (overrides.fields.get("vocab_size") if overrides else None)
+        wanted_vocab = overrides.fields.get("vocab_size") if overrides else None
         if wanted_vocab is not None and int(wanted_vocab) < source.config.vocab_size:
             source = _TruncatedVocab(source, int(wanted_vocab))
         config = output_config(source.config, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
         return write_checkpoint(source, config, out_dir, progress)
 
 
-def _pass_through(source_dir: Path, out_dir: Path, *, tp: int, pp: int, dtype: str, quant: QuantConfig,
-                  overrides: ModelOverrides | None, progress: ProgressFn | None) -> CheckpointConfig | None:
+def _pass_through(
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    tp: int,
+    pp: int,
+    dtype: str,
+    quant: QuantConfig,
+    overrides: ModelOverrides | None,
+    progress: ProgressFn | None,
+) -> CheckpointConfig | None:
     """Copy a checkpoint whose layout already matches; None when it must be re-written."""
     stored = validate_checkpoint(source_dir)
     wanted = output_config(stored, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
     if quant.quant_algo is None and quant.kv_cache_quant_algo is None:
         wanted.quantization = stored.quantization  # "no quantization asked" keeps what is there
-    same_layout = (wanted.mapping == stored.mapping and wanted.dtype == stored.dtype)
+    same_layout = wanted.mapping == stored.mapping and wanted.dtype == stored.dtype
     if not same_layout:
         return None
     clear_checkpoint_dir(out_dir)

@@ -17,11 +17,20 @@ from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError
 from pitcrew_builder.convert.source import ModelSource, Tensors, check_layer, expect_shape
 
 _LLAMA_ARCHS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "gpt2": "GPT2LMHeadModel"}
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
 # GPT-2's activations; TRT-LLM's "gelu" is the tanh approximation GPT-2 uses.
-_GPT2_ACTS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "gelu": "gelu",
-              "relu": "relu"}
+_GPT2_ACTS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "gelu": "gelu",
+    "relu": "relu",
+}
 _TORCH_DTYPE_NAMES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
 
 
@@ -63,7 +72,8 @@ class TensorStore:
         if str(path) in self._bins:
             return self._bins[str(path)][name]
         with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(name)
+            tensor: torch.Tensor = f.get_tensor(name)
+        return tensor
 
     def close(self) -> None:
         self._bins.clear()
@@ -86,8 +96,7 @@ def hf_architecture(hf: dict[str, Any]) -> str:
     model_type = str(hf.get("model_type", ""))
     if model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
-    raise CheckpointError("config.json names no architectures and an unknown model_type "
-                          f"{model_type!r}")
+    raise CheckpointError(f"config.json names no architectures and an unknown model_type {model_type!r}")
 
 
 def _field(hf: dict[str, Any], name: str) -> Any:
@@ -208,19 +217,27 @@ class HFSource(ModelSource):
         c, p = self.config, self._prefix
         if self._gpt2:
             return {
-                "transformer.vocab_embedding.weight": self._get(p + "wte.weight", (c.vocab_size, c.hidden_size)),
+                "transformer.vocab_embedding.weight": self._get(
+                    p + "wte.weight", (c.vocab_size, c.hidden_size)
+                ),
                 "transformer.position_embedding.weight": self._get(
-                    p + "wpe.weight", (c.max_position_embeddings, c.hidden_size)),
+                    p + "wpe.weight", (c.max_position_embeddings, c.hidden_size)
+                ),
             }
-        return {"transformer.vocab_embedding.weight": self._get(p + "embed_tokens.weight",
-                                                                (c.vocab_size, c.hidden_size))}
+        return {
+            "transformer.vocab_embedding.weight": self._get(
+                p + "embed_tokens.weight", (c.vocab_size, c.hidden_size)
+            )
+        }
 
     def final(self) -> Tensors:
         c, p = self.config, self._prefix
         shape = (c.vocab_size, c.hidden_size)
         emb_name = p + ("wte.weight" if self._gpt2 else "embed_tokens.weight")
         head = "lm_head.weight"
-        lm_head = self._get(emb_name, shape) if self._tied or head not in self.store else self._get(head, shape)
+        lm_head = (
+            self._get(emb_name, shape) if self._tied or head not in self.store else self._get(head, shape)
+        )
         out = {"lm_head.weight": lm_head}
         if self._gpt2:
             out["transformer.ln_f.weight"] = self.store.get(p + "ln_f.weight")
@@ -250,13 +267,19 @@ class HFSource(ModelSource):
         }
         c = self.config
         if c.qkv_bias:
-            names |= {"attention.q.bias": "self_attn.q_proj.bias", "attention.k.bias": "self_attn.k_proj.bias",
-                      "attention.v.bias": "self_attn.v_proj.bias"}
+            names |= {
+                "attention.q.bias": "self_attn.q_proj.bias",
+                "attention.k.bias": "self_attn.k_proj.bias",
+                "attention.v.bias": "self_attn.v_proj.bias",
+            }
         if c.dense_bias:
             names["attention.dense.bias"] = "self_attn.o_proj.bias"
         if c.mlp_bias:
-            names |= {"mlp.fc.bias": "mlp.gate_proj.bias", "mlp.gate.bias": "mlp.up_proj.bias",
-                      "mlp.proj.bias": "mlp.down_proj.bias"}
+            names |= {
+                "mlp.fc.bias": "mlp.gate_proj.bias",
+                "mlp.gate.bias": "mlp.up_proj.bias",
+                "mlp.proj.bias": "mlp.down_proj.bias",
+            }
         full_names = {k: pre + v for k, v in names.items()}
         tensors = {k: self.store.get(v) for k, v in full_names.items()}
         return check_layer(c, i, tensors, full_names)
@@ -278,8 +301,12 @@ class HFSource(ModelSource):
         tensors = {
             "input_layernorm.weight": self.store.get(pre + "ln_1.weight"),
             "input_layernorm.bias": self.store.get(pre + "ln_1.bias"),
-            "attention.q.weight": q_w, "attention.k.weight": k_w, "attention.v.weight": v_w,
-            "attention.q.bias": q_b, "attention.k.bias": k_b, "attention.v.bias": v_b,
+            "attention.q.weight": q_w,
+            "attention.k.weight": k_w,
+            "attention.v.weight": v_w,
+            "attention.q.bias": q_b,
+            "attention.k.bias": k_b,
+            "attention.v.bias": v_b,
             "attention.dense.weight": conv1d("attn.c_proj.weight", (h, h)),
             "attention.dense.bias": self.store.get(pre + "attn.c_proj.bias"),
             "post_layernorm.weight": self.store.get(pre + "ln_2.weight"),
@@ -289,8 +316,13 @@ class HFSource(ModelSource):
             "mlp.proj.weight": conv1d("mlp.c_proj.weight", (ffn, h)),
             "mlp.proj.bias": self.store.get(pre + "mlp.c_proj.bias"),
         }
-        src = {"input_layernorm.weight": "ln_1.weight", "input_layernorm.bias": "ln_1.bias",
-               "post_layernorm.weight": "ln_2.weight", "post_layernorm.bias": "ln_2.bias",
-               "attention.dense.bias": "attn.c_proj.bias", "mlp.fc.bias": "mlp.c_fc.bias",
-               "mlp.proj.bias": "mlp.c_proj.bias"}
+        src = {
+            "input_layernorm.weight": "ln_1.weight",
+            "input_layernorm.bias": "ln_1.bias",
+            "post_layernorm.weight": "ln_2.weight",
+            "post_layernorm.bias": "ln_2.bias",
+            "attention.dense.bias": "attn.c_proj.bias",
+            "mlp.fc.bias": "mlp.c_fc.bias",
+            "mlp.proj.bias": "mlp.c_proj.bias",
+        }
         return check_layer(c, i, tensors, {k: pre + v for k, v in src.items()})

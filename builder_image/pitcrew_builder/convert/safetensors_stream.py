@@ -40,7 +40,11 @@ class StreamingSafetensorsWriter:
         pos = 0
         for name, shape in layout.items():
             nbytes = itemsize * _numel(shape)
-            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+            header[name] = {
+                "dtype": _ST_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [pos, pos + nbytes],
+            }
             self._offsets[name] = pos
             pos += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -66,7 +70,7 @@ class StreamingSafetensorsWriter:
         data = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
         self._file.seek(self._data_start + self._offsets[name])
         # A uint8 view shares memory: no second copy of the tensor is made.
-        self._file.write(memoryview(data.view(torch.uint8).reshape(-1).numpy()))
+        self._file.write(data.view(torch.uint8).reshape(-1).numpy().data)
         self._pending.discard(name)
 
     def close(self) -> None:
@@ -91,8 +95,9 @@ class StreamingSafetensorsWriter:
     def __enter__(self) -> StreamingSafetensorsWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -25,7 +25,7 @@ def _kv_rows(t: torch.Tensor, config: CheckpointConfig, rank: int) -> torch.Tens
         return _chunk(t, tp, rank, 0)
     # Fewer KV heads than ranks: consecutive ranks share (a copy of) one KV head.
     head = rank // (tp // kv)
-    return t[head * config.head_size:(head + 1) * config.head_size]
+    return t[head * config.head_size : (head + 1) * config.head_size]
 
 
 def shard_layer(full: Tensors, config: CheckpointConfig, rank: int) -> Tensors:
@@ -72,12 +72,14 @@ def shard_embeddings(full: Tensors, config: CheckpointConfig, rank: int) -> Tens
 def shard_final(full: Tensors, config: CheckpointConfig, rank: int) -> Tensors:
     out = dict(full)
     # lm_head is always padded to a multiple of TP (Megatron's exporter forgets this).
-    out["lm_head.weight"] = _chunk(pad_vocab(full["lm_head.weight"], config.vocab_size_padded()),
-                                   config.tp, rank, 0)
+    out["lm_head.weight"] = _chunk(
+        pad_vocab(full["lm_head.weight"], config.vocab_size_padded()), config.tp, rank, 0
+    )
     return out
 
 
 # ---- the inverse ---------------------------------------------------------------------------------
+
 
 def unshard_layer(ranks: list[Tensors], config: CheckpointConfig) -> Tensors:
     """Join the per-TP-rank tensors of one layer back into canonical full tensors."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
+from typing import Self
 
 import torch
 
@@ -37,11 +38,12 @@ class ModelSource(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files; the default has nothing to release."""
 
-    def __enter__(self) -> ModelSource:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -53,8 +55,14 @@ def canonical_layer_shapes(config: CheckpointConfig) -> dict[str, Shape]:
     if config.norm_has_bias:
         shapes["input_layernorm.bias"] = (h,)
         shapes["post_layernorm.bias"] = (h,)
-    shapes.update({"attention.q.weight": (q, h), "attention.k.weight": (kv, h), "attention.v.weight": (kv, h),
-                   "attention.dense.weight": (h, q)})
+    shapes.update(
+        {
+            "attention.q.weight": (q, h),
+            "attention.k.weight": (kv, h),
+            "attention.v.weight": (kv, h),
+            "attention.dense.weight": (h, q),
+        }
+    )
     if config.qkv_bias:
         shapes.update({"attention.q.bias": (q,), "attention.k.bias": (kv,), "attention.v.bias": (kv,)})
     if config.dense_bias:

@@ -55,7 +55,7 @@ class TrtllmSource(ModelSource):
         ranks = []
         for t in range(cfg.tp):
             got = self._read(rank_of(cfg, t, pp_rank), [prefix + n for n in names])
-            ranks.append({n[len(prefix):]: v for n, v in got.items()})
+            ranks.append({n[len(prefix) :]: v for n, v in got.items()})
         return ranks
 
     def embeddings(self) -> Tensors:
@@ -90,7 +90,6 @@ def load_full_weights(ckpt_dir: Path) -> tuple[CheckpointConfig, Tensors]:
     ``lm_head.weight`` (unpadded). The config returned is the stored one (real mapping).
     """
     with TrtllmSource(ckpt_dir) as src:
-        assert isinstance(src, TrtllmSource)
         weights: Tensors = dict(src.embeddings())
         for i in range(src.stored.num_hidden_layers):
             weights.update({f"transformer.layers.{i}.{k}": v for k, v in src.layer(i).items()})

@@ -45,8 +45,9 @@ def clear_checkpoint_dir(out_dir: Path) -> None:
         stale.unlink()
 
 
-def write_checkpoint(source: ModelSource, config: CheckpointConfig, out_dir: Path,
-                     progress: ProgressFn | None = None) -> CheckpointConfig:
+def write_checkpoint(
+    source: ModelSource, config: CheckpointConfig, out_dir: Path, progress: ProgressFn | None = None
+) -> CheckpointConfig:
     """Write ``source`` as ``config`` describes it (mapping, dtype) into ``out_dir``."""
     config.check()
     report = progress or (lambda _msg, _frac: None)
@@ -55,8 +56,9 @@ def write_checkpoint(source: ModelSource, config: CheckpointConfig, out_dir: Pat
     clear_checkpoint_dir(out_dir)
     with ExitStack() as stack:
         writers = [
-            stack.enter_context(StreamingSafetensorsWriter(
-                rank_file(out_dir, r), expected_rank_tensors(config, r), dtype))
+            stack.enter_context(
+                StreamingSafetensorsWriter(rank_file(out_dir, r), expected_rank_tensors(config, r), dtype)
+            )
             for r in range(config.mapping.world_size)
         ]
         total = config.num_hidden_layers + 2

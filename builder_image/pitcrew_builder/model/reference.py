@@ -97,21 +97,27 @@ class _Layer(nn.Module):
         super().__init__()
         self.config = config
         rms = config.is_llama_family
-        self.input_layernorm = _Norm(w["input_layernorm.weight"], w.get("input_layernorm.bias"),
-                                     config.norm_epsilon, rms)
-        self.post_layernorm = _Norm(w["post_layernorm.weight"], w.get("post_layernorm.bias"),
-                                    config.norm_epsilon, rms)
+        self.input_layernorm = _Norm(
+            w["input_layernorm.weight"], w.get("input_layernorm.bias"), config.norm_epsilon, rms
+        )
+        self.post_layernorm = _Norm(
+            w["post_layernorm.weight"], w.get("post_layernorm.bias"), config.norm_epsilon, rms
+        )
         qkv_w = torch.cat([w["attention.q.weight"], w["attention.k.weight"], w["attention.v.weight"]])
-        qkv_b = (torch.cat([w["attention.q.bias"], w["attention.k.bias"], w["attention.v.bias"]])
-                 if "attention.q.bias" in w else None)
+        qkv_b = (
+            torch.cat([w["attention.q.bias"], w["attention.k.bias"], w["attention.v.bias"]])
+            if "attention.q.bias" in w
+            else None
+        )
         self.qkv = _Linear(qkv_w, qkv_b)
         self.dense = _Linear(w["attention.dense.weight"], w.get("attention.dense.bias"))
         self.fc = _Linear(w["mlp.fc.weight"], w.get("mlp.fc.bias"))
         self.gate = _Linear(w["mlp.gate.weight"], w.get("mlp.gate.bias")) if config.gated_mlp else None
         self.proj = _Linear(w["mlp.proj.weight"], w.get("mlp.proj.bias"))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
         c = self.config
         b, s = x.shape[0], x.shape[1]
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_size
@@ -132,29 +138,40 @@ class _Layer(nn.Module):
         inter = _activation(c.hidden_act, self.fc(h))
         if self.gate is not None:
             inter = inter * self.gate(h)
-        return x + self.proj(inter)
+        out: torch.Tensor = x + self.proj(inter)
+        return out
 
 
 class ReferenceModel(nn.Module):
     """``forward(input_ids: int64[batch, seq]) -> float32 logits[batch, seq, vocab_size]``."""
 
-    def __init__(self, config: CheckpointConfig, weights: Tensors, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, config: CheckpointConfig, weights: Tensors, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.config = config
         w = {k: v.to(dtype) for k, v in weights.items()}
         self.vocab_embedding = nn.Parameter(w["transformer.vocab_embedding.weight"], requires_grad=False)
         self.position_embedding = (
             nn.Parameter(w["transformer.position_embedding.weight"], requires_grad=False)
-            if config.position_embedding_type == "learned_absolute" else None
+            if config.position_embedding_type == "learned_absolute"
+            else None
         )
         self.layers = nn.ModuleList(
-            _Layer(config, {k.split(".", 3)[3]: v for k, v in w.items()
-                            if k.startswith(f"transformer.layers.{i}.")})
+            _Layer(
+                config,
+                {k.split(".", 3)[3]: v for k, v in w.items() if k.startswith(f"transformer.layers.{i}.")},
+            )
             for i in range(config.num_hidden_layers)
         )
-        self.ln_f = _Norm(w["transformer.ln_f.weight"], w.get("transformer.ln_f.bias"), config.norm_epsilon,
-                          config.is_llama_family)
+        self.ln_f = _Norm(
+            w["transformer.ln_f.weight"],
+            w.get("transformer.ln_f.bias"),
+            config.norm_epsilon,
+            config.is_llama_family,
+        )
         self.lm_head = nn.Parameter(w["lm_head.weight"], requires_grad=False)
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rotary_inv_freq(config), persistent=False)
 
     @classmethod

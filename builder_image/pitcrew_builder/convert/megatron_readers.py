@@ -1,0 +1,233 @@
+"""Read Megatron-core weights as full (TP-merged) tensors, one name at a time.
+
+Names are Megatron-core module names with global layer numbers, e.g.
+``decoder.layers.3.self_attention.linear_qkv.weight``. Two on-disk layouts:
+
+* legacy: ``mp_rank_{tp:02d}[_{pp:03d}]/model_optim_rng.pt`` per rank, loaded with
+  ``mmap=True`` so only the pages of tensors actually read are touched; TP shards are merged on
+  read and PP stages' local layer numbers mapped to global ones.
+* torch_dist: a PyTorch distributed checkpoint (``.metadata`` + ``*.distcp``) whose tensors are
+  already global; decoder layers are usually stacked under ``decoder.layers.<suffix>`` with a
+  leading layer axis. Each read asks DCP for exactly one layer's slice, so only the storage
+  chunks overlapping it are loaded (a chunk is loaded whole, then narrowed).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
+
+from pitcrew_builder.checkpoint import CheckpointError
+from pitcrew_builder.convert.torch_load import args_dict, load_pt
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+
+
+class MegatronReader:
+    args: dict[str, Any]
+
+    def get(self, name: str) -> torch.Tensor | None:
+        """The full tensor ``name``, or None when the checkpoint has no such tensor."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files."""
+
+
+def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Model tensors only: drop TE's ``_extra_state`` and anything that is not a tensor."""
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+
+
+def _tp_merge(suffix: str, shards: list[torch.Tensor], swiglu: bool) -> torch.Tensor:
+    """Join one parameter's TP shards according to how Megatron-core splits it."""
+    if len(shards) == 1:
+        return shards[0]
+    kind = suffix.rsplit(".", 1)[-1]
+    if "layer_norm" in suffix or "layernorm" in suffix or suffix.startswith("position_embeddings"):
+        return shards[0]  # replicated
+    if suffix.endswith(("linear_proj.weight", "linear_fc2.weight")):
+        return torch.cat(shards, dim=1)  # row-parallel
+    if suffix.endswith(("linear_proj.bias", "linear_fc2.bias")):
+        return shards[0]
+    if suffix.endswith(("linear_fc1.weight", "linear_fc1.bias")) and swiglu:
+        # Each rank holds [its activated half ; its gate half].
+        halves = [torch.chunk(s, 2, dim=0) for s in shards]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+    if kind in ("weight", "bias"):
+        return torch.cat(shards, dim=0)  # column-parallel: qkv, fc1, word embeddings, output layer
+    raise CheckpointError(f"do not know how to merge TP shards of {suffix}")
+
+
+class LegacyReader(MegatronReader):
+    """``mp_rank_XX[_YYY]/model_optim_rng.pt`` files."""
+
+    def __init__(self, ckpt_dir: Path) -> None:
+        ranks: dict[tuple[int, int], Path] = {}
+        for sub in ckpt_dir.iterdir():
+            m = _RANK_DIR.match(sub.name)
+            if m and sub.is_dir():
+                files = sorted(sub.glob("*.pt"))
+                if not files:
+                    raise CheckpointError(f"{sub} holds no .pt file")
+                ranks[(int(m.group(1)), int(m.group(2) or 0))] = files[0]
+        if not ranks:
+            raise CheckpointError(f"{ckpt_dir} has no mp_rank_* directories")
+        self.tp = max(t for t, _ in ranks) + 1
+        self.pp = max(p for _, p in ranks) + 1
+        for t in range(self.tp):
+            for p in range(self.pp):
+                if (t, p) not in ranks:
+                    raise CheckpointError(f"rank file for tp={t} pp={p} (mp_rank_{t:02d}_{p:03d}) is missing")
+        # stages[p][t] = state dict of that rank (mmap'ed: nothing is read until used)
+        self.stages: list[list[dict[str, torch.Tensor]]] = []
+        first: dict[str, Any] = {}
+        for p in range(self.pp):
+            row = []
+            for t in range(self.tp):
+                blob = load_pt(ranks[(t, p)])
+                if not isinstance(blob, dict):
+                    raise CheckpointError(f"{ranks[(t, p)]} does not hold a dict")
+                if "model" not in blob:
+                    if any(k.startswith("model0") for k in blob):
+                        raise CheckpointError(
+                            "virtual pipeline checkpoints ('model0', ...) are not supported"
+                        )
+                    raise CheckpointError(f"{ranks[(t, p)]} lacks the 'model' state dict")
+                if not first:
+                    first = blob
+                row.append(_strip(blob["model"]))
+            self.stages.append(row)
+        self.args = args_dict(first.get("args"), str(ranks[(0, 0)])) if first.get("args") is not None else {}
+        # Global layer offset of each stage, from the layers each stage actually holds.
+        self.offsets: list[int] = []
+        total = 0
+        for p in range(self.pp):
+            self.offsets.append(total)
+            local = {int(m.group(1)) for k in self.stages[p][0] if (m := _LAYER.match(k))}
+            total += len(local)
+        self.num_layers = total
+        self.swiglu = bool(self.args.get("swiglu", False))
+
+    def _merge(self, p: int, key: str, suffix: str) -> torch.Tensor | None:
+        shards = [sd.get(key) for sd in self.stages[p]]
+        if shards[0] is None:
+            return None
+        present = [s for s in shards if s is not None]
+        if len(present) != len(shards):
+            raise CheckpointError(f"tensor {key} is missing from some TP ranks of pipeline stage {p}")
+        return _tp_merge(suffix, present, self.swiglu)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        m = _LAYER.match(name)
+        if m:
+            layer, suffix = int(m.group(1)), m.group(2)
+            for p in reversed(range(self.pp)):
+                if layer >= self.offsets[p]:
+                    return self._merge(p, f"decoder.layers.{layer - self.offsets[p]}.{suffix}", suffix)
+            return None
+        for p in range(self.pp):  # embeddings live on the first stage, the rest on the last
+            t = self._merge(p, name, name)
+            if t is not None:
+                return t
+        return None
+
+    def close(self) -> None:
+        self.stages.clear()
+
+
+class _SliceSink:
+    """The minimal LoadPlanner surface FileSystemReader.read_data uses: write into ``dest``."""
+
+    def __init__(self, dest: torch.Tensor) -> None:
+        self.dest = dest
+
+    def resolve_tensor(self, item: ReadItem) -> torch.Tensor:
+        t = self.dest
+        for dim, (off, length) in enumerate(zip(item.dest_offsets, item.lengths, strict=True)):
+            t = t.narrow(dim, off, length)
+        return t
+
+    def commit_tensor(self, item: ReadItem, tensor: torch.Tensor) -> None:
+        pass
+
+    def load_bytes(self, item: ReadItem, value: Any) -> None:
+        pass
+
+
+class TorchDistReader(MegatronReader):
+    """A Megatron ``torch_dist`` checkpoint directory, read on the CPU without a process group."""
+
+    def __init__(self, ckpt_dir: Path, args: dict[str, Any] | None) -> None:
+        if not (ckpt_dir / ".metadata").is_file():
+            raise CheckpointError(f"{ckpt_dir} has no .metadata (not a torch_dist checkpoint)")
+        self.reader = FileSystemReader(str(ckpt_dir))
+        self.metadata = self.reader.read_metadata()
+        self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
+        self.tensors = {
+            k: v
+            for k, v in self.metadata.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata) and "_extra_state" not in k
+        }
+        common = ckpt_dir / "common.pt"
+        saved: dict[str, Any] = {}
+        if common.is_file():
+            blob = load_pt(common, mmap=False)
+            if isinstance(blob, dict) and blob.get("args") is not None:
+                saved = args_dict(blob["args"], str(common))
+        self.args = saved
+        if not self.args and not args:
+            raise CheckpointError(
+                f"{ckpt_dir} has no common.pt with 'args'; pass ModelOverrides.megatron_args"
+            )
+        # Megatron may nest the model under "model." in some versions.
+        self.prefix = "model." if any(k.startswith("model.decoder.") for k in self.tensors) else ""
+
+    def _read(self, key: str, layer: int | None) -> torch.Tensor:
+        md = self.tensors[key]
+        size = list(md.size)
+        start = [0] * len(size)
+        if layer is not None:
+            if layer >= size[0]:
+                raise CheckpointError(f"tensor {key} has {size[0]} layers, layer {layer} was asked for")
+            start[0], size[0] = layer, 1
+        dest = torch.empty(size, dtype=md.properties.dtype)
+        items = []
+        for idx, chunk in enumerate(md.chunks):
+            lo = [max(a, c) for a, c in zip(start, chunk.offsets, strict=True)]
+            hi = [
+                min(a + n, c + m) for a, n, c, m in zip(start, size, chunk.offsets, chunk.sizes, strict=True)
+            ]
+            if any(low >= high for low, high in zip(lo, hi, strict=True)):
+                continue
+            items.append(
+                ReadItem(
+                    type=LoadItemType.TENSOR,
+                    dest_index=MetadataIndex(key, start),
+                    dest_offsets=torch.Size(a - b for a, b in zip(lo, start, strict=True)),
+                    storage_index=MetadataIndex(key, chunk.offsets, idx),
+                    storage_offsets=torch.Size(a - b for a, b in zip(lo, chunk.offsets, strict=True)),
+                    lengths=torch.Size(b - a for a, b in zip(lo, hi, strict=True)),
+                )
+            )
+        plan = self.reader.prepare_global_plan([self.reader.prepare_local_plan(LoadPlan(items))])[0]
+        self.reader.read_data(plan, _SliceSink(dest)).wait()  # type: ignore[arg-type]
+        return dest[0] if layer is not None else dest
+
+    def get(self, name: str) -> torch.Tensor | None:
+        key = self.prefix + name
+        if key in self.tensors:
+            return self._read(key, None)
+        m = _LAYER.match(name)
+        if m:
+            stacked = f"{self.prefix}decoder.layers.{m.group(2)}"
+            if stacked in self.tensors:
+                return self._read(stacked, int(m.group(1)))
+        return None
