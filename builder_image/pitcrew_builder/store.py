@@ -1,0 +1,121 @@
+"""Where a build publishes: an S3 prefix or a local directory (pvc:// outputs), behind one interface.
+
+Each published object records its sha256 (S3 user metadata, or a sidecar-free check of the local file)
+so a re-run can skip what is already there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pitcrew_builder.hashing import sha256_file
+from pitcrew_builder.s3 import TransferSettings, is_not_found
+from pitcrew_builder.uris import LocalLocation, S3Location
+
+SHA256_METADATA = "sha256"
+
+BytesCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    sha256: str | None
+
+
+class ObjectStore(Protocol):
+    def uri(self, relative: str = "") -> str: ...
+
+    def head(self, relative: str) -> ObjectInfo | None: ...
+
+    def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None: ...
+
+    def put_bytes(self, relative: str, data: bytes, content_type: str) -> None: ...
+
+    def get_bytes(self, relative: str) -> bytes | None: ...
+
+
+class S3Store:
+    def __init__(self, location: S3Location, client: Any, settings: TransferSettings) -> None:
+        self.location = location
+        self.client = client
+        self.settings = settings
+
+    def uri(self, relative: str = "") -> str:
+        return self.location.uri(relative)
+
+    def head(self, relative: str) -> ObjectInfo | None:
+        try:
+            resp = self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(relative))
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        meta = resp.get("Metadata") or {}
+        return ObjectInfo(size=int(resp["ContentLength"]), sha256=meta.get(SHA256_METADATA))
+
+    def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None:
+        self.client.upload_file(
+            str(path),
+            self.location.bucket,
+            self.location.key(relative),
+            ExtraArgs={"Metadata": {SHA256_METADATA: sha256}, "ContentType": "application/octet-stream"},
+            Config=self.settings.boto_transfer_config(),
+            Callback=progress,
+        )
+
+    def put_bytes(self, relative: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(
+            Bucket=self.location.bucket, Key=self.location.key(relative), Body=data, ContentType=content_type
+        )
+
+    def get_bytes(self, relative: str) -> bytes | None:
+        try:
+            resp = self.client.get_object(Bucket=self.location.bucket, Key=self.location.key(relative))
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        body: bytes = resp["Body"].read()
+        return body
+
+
+class LocalStore:
+    """A directory (a mounted PVC). Files are written to a temp name and renamed: never half-visible."""
+
+    def __init__(self, location: LocalLocation) -> None:
+        self.root = location.path
+
+    def uri(self, relative: str = "") -> str:
+        return (self.root / relative).as_uri() if relative else self.root.as_uri() + "/"
+
+    def head(self, relative: str) -> ObjectInfo | None:
+        path = self.root / relative
+        if not path.is_file():
+            return None
+        return ObjectInfo(size=path.stat().st_size, sha256=sha256_file(path))
+
+    def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None:
+        dest = self.root / relative
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".pitcrew-tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+        if progress:
+            progress(dest.stat().st_size)
+
+    def put_bytes(self, relative: str, data: bytes, content_type: str) -> None:
+        dest = self.root / relative
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".pitcrew-tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+    def get_bytes(self, relative: str) -> bytes | None:
+        path = self.root / relative
+        return path.read_bytes() if path.is_file() else None

@@ -1,0 +1,188 @@
+"""validate: is what we are about to publish complete, consistent with the plan and numerically right?
+
+- engine (or checkpoint) files present and non-empty, config.json consistent with the plan;
+- for the converted checkpoint, logits against the source model on a few tokens where the model is
+  small enough for the builder's CPU (HF sources; others are skipped with a logged reason).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pitcrew.api.plan import BuildPlan
+from pitcrew.api.v1alpha1 import Backend, SourceFormat
+from pitcrew_builder.checkpoint import CheckpointConfig
+from pitcrew_builder.logging import log_event
+
+MAX_CHECK_PARAMS = 100_000_000
+# Max |logit difference| allowed, relative to the largest |logit| of the source (at least 1).
+TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+CHECK_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class LogitsCheck:
+    status: str  # passed | failed | skipped
+    reason: str = ""
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+
+
+# ---- pure checks ------------------------------------------------------------------------------
+
+
+def expected_files(backend: Backend, world_size: int) -> list[str]:
+    if backend == Backend.CHECKPOINT:
+        return ["config.json", *[f"rank{r}.safetensors" for r in range(world_size)]]
+    return ["config.json", *[f"rank{r}.engine" for r in range(world_size)]]
+
+
+def file_problems(engine_dir: Path, names: list[str]) -> list[str]:
+    problems = []
+    for name in names:
+        path = engine_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size == 0:
+            problems.append(f"{name} is empty")
+    return problems
+
+
+def _get(d: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def config_problems(engine_config: dict[str, Any], plan: BuildPlan, ckpt: CheckpointConfig) -> list[str]:
+    """Fields of the written config.json that disagree with the plan."""
+    problems: list[str] = []
+
+    def expect(what: str, actual: Any, wanted: Any) -> None:
+        if actual != wanted:
+            problems.append(f"{what} is {actual!r}, the plan asks for {wanted!r}")
+
+    want_dtype = plan.model.dtype if plan.model and plan.model.dtype else ckpt.dtype
+    if plan.backend == Backend.CHECKPOINT:
+        expect("mapping.tp_size", _get(engine_config, "mapping", "tp_size"), plan.parallelism.tensor)
+        expect("mapping.pp_size", _get(engine_config, "mapping", "pp_size"), plan.parallelism.pipeline)
+        expect("dtype", engine_config.get("dtype"), want_dtype)
+        return problems
+    pretrained = engine_config.get("pretrained_config") or {}
+    build = engine_config.get("build_config") or {}
+    expect("pretrained_config.dtype", pretrained.get("dtype"), want_dtype)
+    if plan.backend == Backend.TENSORRT_LLM:
+        expect(
+            "pretrained_config.mapping.tp_size",
+            _get(pretrained, "mapping", "tp_size"),
+            plan.parallelism.tensor,
+        )
+        expect(
+            "pretrained_config.mapping.pp_size",
+            _get(pretrained, "mapping", "pp_size"),
+            plan.parallelism.pipeline,
+        )
+    for name in ("max_batch_size", "max_input_len", "max_seq_len"):
+        expect(f"build_config.{name}", build.get(name), getattr(plan.sizes, name))
+    if plan.backend == Backend.TENSORRT_LLM:
+        expect("build_config.max_beam_width", build.get("max_beam_width"), plan.sizes.max_beam_width)
+        expect("build_config.max_num_tokens", build.get("max_num_tokens"), plan.sizes.max_num_tokens)
+    return problems
+
+
+def parameter_count(cfg: CheckpointConfig) -> int:
+    h, layers = cfg.hidden_size, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads * cfg.head_size
+    attn = h * (cfg.num_attention_heads * cfg.head_size) * 2 + h * kv * 2
+    mlp = h * cfg.intermediate_size * (3 if cfg.gated_mlp else 2)
+    emb = cfg.vocab_size * h * (1 if cfg.share_embedding_table else 2)
+    return layers * (attn + mlp) + emb
+
+
+def logits_tolerance(dtype: str) -> float:
+    return TOLERANCE.get(dtype, 1e-1)
+
+
+def logits_check_skip_reason(plan: BuildPlan, cfg: CheckpointConfig) -> str | None:
+    if plan.source.format != SourceFormat.HF:
+        return (
+            f"no CPU reference for {plan.source.format.value} sources (the converter's own tests cover them)"
+        )
+    params = parameter_count(cfg)
+    if params >= MAX_CHECK_PARAMS:
+        return f"model has ~{params:,} parameters, above the CPU check limit of {MAX_CHECK_PARAMS:,}"
+    if cfg.quantization.quant_algo:
+        return f"quantized checkpoint ({cfg.quantization.quant_algo})"
+    return None
+
+
+# ---- I/O --------------------------------------------------------------------------------------
+
+
+def check_logits(source_dir: Path, ckpt_dir: Path, cfg: CheckpointConfig) -> LogitsCheck:
+    """Source model (transformers, float32) vs. the converted checkpoint (reference forward pass)."""
+    import torch
+    import transformers
+
+    from pitcrew_builder.model.reference import ReferenceModel
+
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+    gen = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, cfg.vocab_size, (1, CHECK_TOKENS), generator=gen)
+    with torch.no_grad():
+        source = transformers.AutoModelForCausalLM.from_pretrained(str(source_dir), torch_dtype=torch.float32)
+        expected = source(ids).logits.float()
+        del source
+        ref = ReferenceModel.from_checkpoint(ckpt_dir, dtype=dtype)
+        actual = ref(ids).float()[..., : expected.shape[-1]]
+    scale = max(float(expected.abs().max()), 1.0)
+    diff = float((actual - expected).abs().max())
+    tol = logits_tolerance(cfg.dtype) * scale
+    return LogitsCheck(
+        "passed" if diff <= tol else "failed",
+        max_abs_diff=diff,
+        tolerance=tol,
+        reason="" if diff <= tol else f"max |logit diff| {diff:.4g} above {tol:.4g}",
+    )
+
+
+def validate(
+    plan: BuildPlan, engine_dir: Path, source_dir: Path, ckpt_dir: Path, cfg: CheckpointConfig
+) -> tuple[list[str], LogitsCheck]:
+    """Returns (problems, logits check). The caller fails the build on any problem."""
+    problems = file_problems(
+        engine_dir,
+        expected_files(plan.backend, 1 if plan.backend == Backend.TENSORRT_RTX else cfg.mapping.world_size),
+    )
+    config_path = engine_dir / "config.json"
+    if config_path.is_file():
+        try:
+            problems += config_problems(json.loads(config_path.read_text()), plan, cfg)
+        except ValueError as exc:
+            problems.append(f"config.json is not valid JSON: {exc}")
+    skip = logits_check_skip_reason(plan, cfg)
+    if skip:
+        check = LogitsCheck("skipped", reason=skip)
+    else:
+        try:
+            check = check_logits(source_dir, ckpt_dir, cfg)
+        except Exception as exc:  # the source may need remote code or a newer transformers
+            check = LogitsCheck(
+                "skipped", reason=f"source model could not be run: {type(exc).__name__}: {str(exc)[:300]}"
+            )
+    log_event(
+        "validate",
+        "logits-check",
+        status=check.status,
+        reason=check.reason or None,
+        max_abs_diff=check.max_abs_diff,
+        tolerance=check.tolerance,
+    )
+    if check.status == "failed":
+        problems.append(f"logits of the converted checkpoint do not match the source: {check.reason}")
+    return problems, check
