@@ -36,22 +36,34 @@ def _logits(ckpt: Path) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("name", "tp", "pp"),
-    [("llama", 1, 1), ("llama", 2, 1), ("llama", 1, 2), ("llama", 2, 2), ("llama", 4, 1),
-     ("qwen2", 2, 1), ("gpt2", 1, 1), ("gpt2", 2, 1), ("gpt2", 2, 2)],
+    [
+        ("llama", 1, 1),
+        ("llama", 2, 1),
+        ("llama", 1, 2),
+        ("llama", 2, 2),
+        ("llama", 4, 1),
+        ("qwen2", 2, 1),
+        ("gpt2", 1, 1),
+        ("gpt2", 2, 1),
+        ("gpt2", 2, 2),
+    ],
 )
-def test_logits_match_hf(models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path, name: str, tp: int,
-                         pp: int) -> None:
+def test_logits_match_hf(
+    models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path, name: str, tp: int, pp: int
+) -> None:
     src, model = models[name]
     config = convert(src, "hf", tmp_path, tp=tp, pp=pp, dtype="float32")
     assert (config.tp, config.pp, config.mapping.world_size) == (tp, pp, tp * pp)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["config.json"] + [f"rank{r}.safetensors" for r in range(tp * pp)])
+        ["config.json"] + [f"rank{r}.safetensors" for r in range(tp * pp)]
+    )
     validate_checkpoint(tmp_path)
     torch.testing.assert_close(_logits(tmp_path), hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
 
 
-def test_rank_layout_llama_tp4_duplicates_kv_heads(models: dict[str, tuple[Path, PreTrainedModel]],
-                                                    tmp_path: Path) -> None:
+def test_rank_layout_llama_tp4_duplicates_kv_heads(
+    models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path
+) -> None:
     src, model = models["llama"]
     convert(src, "hf", tmp_path, tp=4, pp=1, dtype="float32")
     sd = model.state_dict()
@@ -61,7 +73,7 @@ def test_rank_layout_llama_tp4_duplicates_kv_heads(models: dict[str, tuple[Path,
             qkv = f.get_tensor("transformer.layers.0.attention.qkv.weight")
             assert qkv.shape == (16 + 2 * 16, 64)
             head = rank // 2
-            torch.testing.assert_close(qkv[16:32], k[head * 16:(head + 1) * 16])
+            torch.testing.assert_close(qkv[16:32], k[head * 16 : (head + 1) * 16])
             # lm_head padded from 101 to 104 rows, 26 per rank; the padding rows are zero
             lm = f.get_tensor("lm_head.weight")
             assert lm.shape == (26, 64)
@@ -93,10 +105,19 @@ def test_half_precision_logits_close(models: dict[str, tuple[Path, PreTrainedMod
     torch.testing.assert_close(_logits(tmp_path), hf_logits(model, IDS), rtol=0.05, atol=0.05)
 
 
-def test_progress_reports_rising_fractions(models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path) -> None:
+def test_progress_reports_rising_fractions(
+    models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path
+) -> None:
     seen: list[tuple[str, float]] = []
-    convert(models["llama"][0], "hf", tmp_path, tp=1, pp=2, dtype="float32",
-            progress=lambda msg, frac: seen.append((msg, frac)))
+    convert(
+        models["llama"][0],
+        "hf",
+        tmp_path,
+        tp=1,
+        pp=2,
+        dtype="float32",
+        progress=lambda msg, frac: seen.append((msg, frac)),
+    )
     fracs = [f for _, f in seen]
     assert fracs == sorted(fracs) and fracs[0] == 0.0 and fracs[-1] == 1.0
     assert any(msg.startswith("layer 2/2") for msg, _ in seen)
@@ -112,8 +133,9 @@ def test_pytorch_bin_fallback(models: dict[str, tuple[Path, PreTrainedModel]], t
     torch.testing.assert_close(_logits(tmp_path / "out"), hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
 
 
-def test_trtllm_checkpoint_resharded_and_passed_through(models: dict[str, tuple[Path, PreTrainedModel]],
-                                                        tmp_path: Path) -> None:
+def test_trtllm_checkpoint_resharded_and_passed_through(
+    models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path
+) -> None:
     src = models["llama"][0]
     convert(src, "hf", tmp_path / "tp1", tp=1, pp=1, dtype="float32")
     convert(src, "hf", tmp_path / "tp2pp2", tp=2, pp=2, dtype="float32")
@@ -124,7 +146,8 @@ def test_trtllm_checkpoint_resharded_and_passed_through(models: dict[str, tuple[
     # Same layout: a plain copy.
     convert(tmp_path / "tp2pp2", "trtllm-checkpoint", tmp_path / "copy", tp=2, pp=2, dtype="float32")
     assert (tmp_path / "copy" / "rank3.safetensors").read_bytes() == (
-        tmp_path / "tp2pp2" / "rank3.safetensors").read_bytes()
+        tmp_path / "tp2pp2" / "rank3.safetensors"
+    ).read_bytes()
     _, a = load_full_weights(tmp_path / "tp1")
     _, b = load_full_weights(tmp_path / "copy")
     assert a.keys() == b.keys()

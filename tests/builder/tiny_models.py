@@ -39,9 +39,17 @@ def _init(model: PreTrainedModel) -> PreTrainedModel:
 
 def make_llama(path: Path, *, kv_heads: int = 2, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
-                      rope_theta=10000.0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
     model = _init(LlamaForCausalLM(cfg))
     model.save_pretrained(path)
     return model  # type: ignore[return-value]
@@ -49,9 +57,16 @@ def make_llama(path: Path, *, kv_heads: int = 2, seed: int = 0) -> LlamaForCausa
 
 def make_qwen2(path: Path, seed: int = 1) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     model = _init(Qwen2ForCausalLM(cfg))
     model.save_pretrained(path)
     return model  # type: ignore[return-value]
@@ -72,6 +87,7 @@ def hf_logits(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
 
 # ---- Megatron-core layout ------------------------------------------------------------------------
 
+
 def _interleave_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int) -> torch.Tensor:
     """Megatron's fused QKV: per query group [its query heads, one key head, one value head]."""
     tail = q.shape[1:]
@@ -81,7 +97,9 @@ def _interleave_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: i
     return torch.cat([qg, kg, vg], dim=1).reshape(-1, *tail)
 
 
-def llama_to_megatron(model: LlamaForCausalLM, padded_vocab: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def llama_to_megatron(
+    model: LlamaForCausalLM, padded_vocab: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Full (tp=1) Megatron-core state dict of a LLaMA model with Transformer Engine norm names."""
     sd = model.state_dict()
     cfg = model.config
@@ -91,26 +109,47 @@ def llama_to_megatron(model: LlamaForCausalLM, padded_vocab: int) -> tuple[dict[
         h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
         out[m + "self_attention.linear_qkv.layer_norm_weight"] = sd[h + "input_layernorm.weight"]
         out[m + "self_attention.linear_qkv.weight"] = _interleave_qkv(
-            sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"],
-            groups)
+            sd[h + "self_attn.q_proj.weight"],
+            sd[h + "self_attn.k_proj.weight"],
+            sd[h + "self_attn.v_proj.weight"],
+            groups,
+        )
         out[m + "self_attention.linear_proj.weight"] = sd[h + "self_attn.o_proj.weight"]
         out[m + "mlp.linear_fc1.layer_norm_weight"] = sd[h + "post_attention_layernorm.weight"]
-        out[m + "mlp.linear_fc1.weight"] = torch.cat([sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]])
+        out[m + "mlp.linear_fc1.weight"] = torch.cat(
+            [sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]]
+        )
         out[m + "mlp.linear_fc2.weight"] = sd[h + "mlp.down_proj.weight"]
     out["decoder.final_layernorm.weight"] = sd["model.norm.weight"]
     out["embedding.word_embeddings.weight"] = _pad(sd["model.embed_tokens.weight"], padded_vocab)
     out["output_layer.weight"] = _pad(sd["lm_head.weight"], padded_vocab)
-    args = dict(num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                num_attention_heads=cfg.num_attention_heads, group_query_attention=True, num_query_groups=groups,
-                ffn_hidden_size=cfg.intermediate_size, swiglu=True, normalization="RMSNorm",
-                position_embedding_type="rope", rotary_base=10000, rotary_percent=1.0,
-                max_position_embeddings=cfg.max_position_embeddings, padded_vocab_size=padded_vocab,
-                norm_epsilon=cfg.rms_norm_eps, add_bias_linear=False, untie_embeddings_and_output_weights=True,
-                kv_channels=cfg.hidden_size // cfg.num_attention_heads, bf16=False, fp16=False)
+    args = dict(
+        num_layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        group_query_attention=True,
+        num_query_groups=groups,
+        ffn_hidden_size=cfg.intermediate_size,
+        swiglu=True,
+        normalization="RMSNorm",
+        position_embedding_type="rope",
+        rotary_base=10000,
+        rotary_percent=1.0,
+        max_position_embeddings=cfg.max_position_embeddings,
+        padded_vocab_size=padded_vocab,
+        norm_epsilon=cfg.rms_norm_eps,
+        add_bias_linear=False,
+        untie_embeddings_and_output_weights=True,
+        kv_channels=cfg.hidden_size // cfg.num_attention_heads,
+        bf16=False,
+        fp16=False,
+    )
     return out, args
 
 
-def gpt2_to_megatron(model: GPT2LMHeadModel, padded_vocab: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def gpt2_to_megatron(
+    model: GPT2LMHeadModel, padded_vocab: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Full Megatron-core state dict of a GPT-2 model (local spec norm names, tied embeddings)."""
     sd = model.state_dict()
     cfg = model.config
@@ -136,11 +175,21 @@ def gpt2_to_megatron(model: GPT2LMHeadModel, padded_vocab: int) -> tuple[dict[st
     out["decoder.final_layernorm.bias"] = sd["transformer.ln_f.bias"]
     out["embedding.word_embeddings.weight"] = _pad(sd["transformer.wte.weight"], padded_vocab)
     out["embedding.position_embeddings.weight"] = sd["transformer.wpe.weight"]
-    args = dict(num_layers=cfg.n_layer, hidden_size=hid, num_attention_heads=heads, group_query_attention=False,
-                ffn_hidden_size=4 * hid, swiglu=False, normalization="LayerNorm",
-                position_embedding_type="learned_absolute", max_position_embeddings=cfg.n_positions,
-                padded_vocab_size=padded_vocab, layernorm_epsilon=cfg.layer_norm_epsilon, add_bias_linear=True,
-                untie_embeddings_and_output_weights=False)
+    args = dict(
+        num_layers=cfg.n_layer,
+        hidden_size=hid,
+        num_attention_heads=heads,
+        group_query_attention=False,
+        ffn_hidden_size=4 * hid,
+        swiglu=False,
+        normalization="LayerNorm",
+        position_embedding_type="learned_absolute",
+        max_position_embeddings=cfg.n_positions,
+        padded_vocab_size=padded_vocab,
+        layernorm_epsilon=cfg.layer_norm_epsilon,
+        add_bias_linear=True,
+        untie_embeddings_and_output_weights=False,
+    )
     return out, args
 
 
@@ -162,11 +211,14 @@ def _shard(name: str, t: torch.Tensor, tp: int, rank: int, swiglu: bool) -> torc
 
 
 def _namespace(args: dict[str, Any], tp: int, pp: int) -> argparse.Namespace:
-    return argparse.Namespace(**args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                              params_dtype=torch.float32)
+    return argparse.Namespace(
+        **args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, params_dtype=torch.float32
+    )
 
 
-def save_megatron_legacy(full: dict[str, torch.Tensor], args: dict[str, Any], root: Path, *, tp: int, pp: int) -> Path:
+def save_megatron_legacy(
+    full: dict[str, torch.Tensor], args: dict[str, Any], root: Path, *, tp: int, pp: int
+) -> Path:
     """Write ``root/iter_0000010/mp_rank_XX[_YYY]/model_optim_rng.pt`` plus the tracker file."""
     it = root / "iter_0000010"
     layers = args["num_layers"]
@@ -183,27 +235,31 @@ def save_megatron_legacy(full: dict[str, torch.Tensor], args: dict[str, Any], ro
                     sd[local] = _shard(name, t, tp, r, args["swiglu"]).clone()
                     if local.endswith("linear_qkv.weight"):  # TE keeps opaque extra state next to weights
                         sd[local.replace(".weight", "._extra_state")] = io.BytesIO(b"te")
-                elif name.startswith("embedding.") and p == 0:
-                    sd[name] = _shard(name, t, tp, r, args["swiglu"]).clone()
-                elif name.startswith(("decoder.final_layernorm", "output_layer")) and p == pp - 1:
+                elif (name.startswith("embedding.") and p == 0) or (
+                    name.startswith(("decoder.final_layernorm", "output_layer")) and p == pp - 1
+                ):
                     sd[name] = _shard(name, t, tp, r, args["swiglu"]).clone()
             sub = f"mp_rank_{r:02d}" if pp == 1 else f"mp_rank_{r:02d}_{p:03d}"
             (it / sub).mkdir(parents=True)
-            torch.save({"model": sd, "args": _namespace(args, tp, pp), "iteration": 10, "checkpoint_version": 3.0},
-                       it / sub / "model_optim_rng.pt")
+            torch.save(
+                {"model": sd, "args": _namespace(args, tp, pp), "iteration": 10, "checkpoint_version": 3.0},
+                it / sub / "model_optim_rng.pt",
+            )
     (root / "latest_checkpointed_iteration.txt").write_text("10")
     return root
 
 
-def save_megatron_torch_dist(full: dict[str, torch.Tensor], args: dict[str, Any], path: Path, *,
-                             stacked: bool = True) -> Path:
+def save_megatron_torch_dist(
+    full: dict[str, torch.Tensor], args: dict[str, Any], path: Path, *, stacked: bool = True
+) -> Path:
     """A torch_dist checkpoint: global tensors, decoder layers stacked on a leading axis."""
     sd: dict[str, torch.Tensor] = {}
     if stacked:
         suffixes = sorted({n.split(".", 3)[3] for n in full if n.startswith("decoder.layers.")})
         for s in suffixes:
-            sd[f"decoder.layers.{s}"] = torch.stack([full[f"decoder.layers.{i}.{s}"]
-                                                     for i in range(args["num_layers"])])
+            sd[f"decoder.layers.{s}"] = torch.stack(
+                [full[f"decoder.layers.{i}.{s}"] for i in range(args["num_layers"])]
+            )
         sd.update({n: t for n, t in full.items() if not n.startswith("decoder.layers.")})
     else:
         sd = dict(full)

@@ -51,7 +51,7 @@ def _tp_merge(suffix: str, shards: list[torch.Tensor], swiglu: bool) -> torch.Te
     if len(shards) == 1:
         return shards[0]
     kind = suffix.rsplit(".", 1)[-1]
-    if "layer_norm" in suffix or "layernorm" in suffix or suffix.startswith("position_embeddings"):
+    if "layer_norm" in suffix or "layernorm" in suffix or "position_embeddings" in suffix:
         return shards[0]  # replicated
     if suffix.endswith(("linear_proj.weight", "linear_fc2.weight")):
         return torch.cat(shards, dim=1)  # row-parallel

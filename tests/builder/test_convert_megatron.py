@@ -1,0 +1,168 @@
+"""Megatron-core checkpoints (legacy per-rank files and torch_dist) -> TRT-LLM checkpoint.
+
+The Megatron checkpoints are written from tiny Hugging Face models by the independent layout code
+in tiny_models.py, so Hugging Face's own forward pass is the independent check of the logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny_models import (
+    VOCAB,
+    gpt2_to_megatron,
+    hf_logits,
+    llama_to_megatron,
+    make_gpt2,
+    make_llama,
+    save_megatron_legacy,
+    save_megatron_torch_dist,
+)
+from transformers import PreTrainedModel
+
+from pitcrew_builder.checkpoint import CheckpointError, read_config
+from pitcrew_builder.convert import ModelOverrides, convert
+from pitcrew_builder.convert.trtllm import load_full_weights
+from pitcrew_builder.model.reference import ReferenceModel
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+
+IDS = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+PADDED = 104  # Megatron pads the vocabulary (here to a multiple of 8)
+LAYOUTS = ["legacy_tp1", "legacy_tp2", "legacy_pp2", "legacy_tp2pp2", "dist", "dist_unstacked"]
+Full = dict[str, torch.Tensor]
+
+
+def _write_all(root: Path, full: Full, args: dict[str, Any]) -> dict[str, Path]:
+    return {
+        "legacy_tp1": save_megatron_legacy(full, args, root / "legacy_tp1", tp=1, pp=1),
+        "legacy_tp2": save_megatron_legacy(full, args, root / "legacy_tp2", tp=2, pp=1),
+        "legacy_pp2": save_megatron_legacy(full, args, root / "legacy_pp2", tp=1, pp=2),
+        "legacy_tp2pp2": save_megatron_legacy(full, args, root / "legacy_tp2pp2", tp=2, pp=2),
+        "dist": save_megatron_torch_dist(full, args, root / "dist"),
+        "dist_unstacked": save_megatron_torch_dist(full, args, root / "dist_unstacked", stacked=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PreTrainedModel, dict[str, Path]]]:
+    root = tmp_path_factory.mktemp("megatron")
+    llama = make_llama(root / "hf_llama", kv_heads=2)
+    gpt2 = make_gpt2(root / "hf_gpt2")
+    return {
+        "llama": (llama, _write_all(root / "llama", *llama_to_megatron(llama, PADDED))),
+        "gpt2": (gpt2, _write_all(root / "gpt2", *gpt2_to_megatron(gpt2, PADDED))),
+    }
+
+
+def _logits(ckpt: Path) -> torch.Tensor:
+    with torch.no_grad():
+        return ReferenceModel.from_checkpoint(ckpt)(IDS)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_every_layout_equals_tp1_and_matches_hf(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path, model: str
+) -> None:
+    hf, layouts = sources[model]
+    want = hf_logits(hf, IDS)
+    reference: Full | None = None
+    for layout in LAYOUTS:
+        out = tmp_path / layout
+        config = convert(
+            layouts[layout],
+            "megatron",
+            out,
+            tp=1,
+            pp=1,
+            dtype="float32",
+            overrides=ModelOverrides(fields={"vocab_size": VOCAB}),
+        )
+        assert config.vocab_size == VOCAB
+        _, weights = load_full_weights(out)
+        if reference is None:
+            reference = weights
+            # Padded vocab rows are dropped, so logits compare with HF's directly.
+            torch.testing.assert_close(_logits(out)[..., :VOCAB], want, rtol=1e-4, atol=1e-4)
+        else:
+            assert weights.keys() == reference.keys(), layout
+            for k in weights:
+                torch.testing.assert_close(weights[k], reference[k], rtol=0, atol=0, msg=f"{layout}: {k}")
+
+
+@pytest.mark.parametrize(
+    ("model", "layout", "tp", "pp"),
+    [
+        ("llama", "legacy_tp2pp2", 2, 1),
+        ("llama", "dist", 4, 1),
+        ("gpt2", "legacy_tp2", 1, 2),
+        ("gpt2", "dist", 2, 2),
+    ],
+)
+def test_resharded_outputs(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]],
+    tmp_path: Path,
+    model: str,
+    layout: str,
+    tp: int,
+    pp: int,
+) -> None:
+    hf, layouts = sources[model]
+    # No vocab override: the padded vocabulary (104) stays, and lm_head is padded for tp as well.
+    config = convert(layouts[layout], "megatron", tmp_path, tp=tp, pp=pp, dtype="float32")
+    assert config.vocab_size == PADDED and config.architecture == (
+        "LlamaForCausalLM" if model == "llama" else "GPTForCausalLM"
+    )
+    torch.testing.assert_close(_logits(tmp_path)[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4)
+
+
+def test_config_from_megatron_args(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    convert(sources["llama"][1]["dist"], "megatron", tmp_path / "l", tp=2, pp=1, dtype="bfloat16")
+    c = read_config(tmp_path / "l")
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_size, c.intermediate_size) == (4, 2, 16, 96)
+    assert c.hidden_act == "silu" and c.position_embedding_type == "rope_gpt_neox" and not c.qkv_bias
+    convert(sources["gpt2"][1]["legacy_tp2"], "megatron", tmp_path / "g", tp=1, pp=1, dtype="float16")
+    g = read_config(tmp_path / "g")
+    assert g.position_embedding_type == "learned_absolute" and g.hidden_act == "gelu" and g.mlp_bias
+    assert g.max_position_embeddings == 32
+
+
+def test_zero_centred_gamma(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    hf = sources["llama"][0]
+    full, args = llama_to_megatron(hf, PADDED)  # type: ignore[arg-type]
+    shifted = {k: (t - 1.0 if "norm" in k else t) for k, t in full.items()}
+    src = save_megatron_legacy(shifted, {**args, "apply_layernorm_1p": True}, tmp_path / "src", tp=2, pp=1)
+    convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
+    torch.testing.assert_close(
+        _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_torch_dist_args_from_overrides(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    hf = sources["gpt2"][0]
+    full, args = gpt2_to_megatron(hf, PADDED)  # type: ignore[arg-type]
+    src = save_megatron_torch_dist(full, args, tmp_path / "src")
+    (src / "common.pt").unlink()
+    with pytest.raises(CheckpointError, match="megatron_args"):
+        convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
+    convert(
+        src,
+        "megatron",
+        tmp_path / "out",
+        tp=1,
+        pp=1,
+        dtype="float32",
+        overrides=ModelOverrides(megatron_args=args),
+    )
+    torch.testing.assert_close(
+        _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
+    )
