@@ -35,15 +35,21 @@ KEY_IN_NAME = 10
 MAX_NAME = 63
 
 
-def job_name(eb_name: str, key: str) -> str:
-    """`<name>-<key[:10]>`, a DNS label of at most 63 characters, stable for (name, key)."""
+def job_name(eb_name: str, key: str, generation: int) -> str:
+    """`<name>-<key[:10]>-<generation>`, a DNS label of at most 63 characters.
+
+    Deterministic, so a restarted operator re-creating it gets 409 and adopts the existing Job; the
+    generation lets a failed build be retried by a spec change that keeps the cache key (e.g. a
+    longer timeoutSeconds) without waiting for the old Job to be gone.
+    """
     base = re.sub(r"[^a-z0-9-]", "-", eb_name.lower()).strip("-") or "eb"
-    room = MAX_NAME - KEY_IN_NAME - 1
+    suffix = f"-{key[:KEY_IN_NAME]}-{generation}"
+    room = MAX_NAME - len(suffix)
     if len(base) > room:
         # Truncated names keep a hash of the full name so two long names do not collide.
         digest = hashlib.sha256(eb_name.encode()).hexdigest()[:6]
         base = base[: room - 7].rstrip("-") + "-" + digest
-    return f"{base}-{key[:KEY_IN_NAME]}"
+    return base + suffix
 
 
 def owner_reference(eb_name: str, eb_uid: str) -> dict[str, Any]:
@@ -54,7 +60,7 @@ def labels(eb_uid: str, key: str) -> dict[str, str]:
     return {MANAGED_BY: MANAGER, COMPONENT: "builder", LABEL_UID: eb_uid, LABEL_KEY: key[:32]}
 
 
-def annotations(eb_name: str, key: str, generation: int) -> dict[str, str]:
+def job_annotations(eb_name: str, key: str, generation: int) -> dict[str, str]:
     return {ANN_NAME: eb_name, ANN_KEY: key, ANN_GENERATION: str(generation)}
 
 
@@ -63,13 +69,13 @@ def _metadata(name: str, namespace: str, eb_name: str, eb_uid: str, plan: BuildP
         "name": name,
         "namespace": namespace,
         "labels": labels(eb_uid, plan.cache_key),
-        "annotations": annotations(eb_name, plan.cache_key, plan.generation),
+        "annotations": job_annotations(eb_name, plan.cache_key, plan.generation),
         "ownerReferences": [owner_reference(eb_name, eb_uid)],
     }
 
 
 def render_configmap(*, namespace: str, eb_name: str, eb_uid: str, plan: BuildPlan) -> dict[str, Any]:
-    name = job_name(eb_name, plan.cache_key)
+    name = job_name(eb_name, plan.cache_key, plan.generation)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -127,7 +133,7 @@ def render_job(
     plan: BuildPlan,
     settings: Settings,
 ) -> dict[str, Any]:
-    name = job_name(eb_name, plan.cache_key)
+    name = job_name(eb_name, plan.cache_key, plan.generation)
     meta = _metadata(name, namespace, eb_name, eb_uid, plan)
     volumes: list[dict[str, Any]] = [
         {"name": "plan", "configMap": {"name": name}},

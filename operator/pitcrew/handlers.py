@@ -1,0 +1,175 @@
+"""kopf registration: `kopf run -m pitcrew.handlers --standalone --all-namespaces` (or `python -m pitcrew`).
+
+Thin by design: each handler hands over to pitcrew.reconcile. Jobs and Pods are watched with a
+server-side label selector (only ours), and their events feed the trimmed views in pitcrew.runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from pitcrew import jobs, metrics, reconcile
+from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
+from pitcrew.runtime import RT, trim_job, trim_pod
+from pitcrew.settings import Settings, SettingsError
+from pitcrew.statuses import TERMINAL
+
+log = logging.getLogger("pitcrew")
+PREFIX = "pitcrew.dev"
+EB = (GROUP, VERSION, PLURAL)
+OURS = {jobs.MANAGED_BY: jobs.MANAGER}
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    try:
+        RT.settings = Settings.from_env()
+    except SettingsError as e:
+        raise kopf.PermanentError(f"bad operator setting: {e}") from e
+    # Progress, diff-base and finalizer under our own prefix: they land on users' (GitOps) objects.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Watch streams must not freeze silently: the server ends them, the client gives up a bit later.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Only our Jobs and Pods come over the wire.
+    settings.watching.label_selectors["batch", "jobs"] = jobs.SELECTOR
+    settings.watching.label_selectors["", "pods"] = jobs.SELECTOR
+    # kopf's own per-handler INFO events would cost a write each; ours are posted explicitly.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    metrics.serve(RT.settings.metrics_port)
+    log.info("pitcrew operator starting", extra={"settings": RT.settings.describe()})
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    await RT.kube.close()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> Any:
+    """kopf's own minimal logins (no client library needed); our client shares the credentials."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.LoginError("no in-cluster service account and no kubeconfig (set KUBECONFIG)")
+    RT.kube.configure(info)
+    return info
+
+
+# -- EngineBuilds --------------------------------------------------------------------------------
+
+
+@kopf.on.create(*EB, id="build", retries=20, backoff=RT.settings.retry_seconds)
+async def on_create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await reconcile.reconcile(body, patch, "create")
+
+
+@kopf.on.update(*EB, field="spec", id="rebuild", retries=20, backoff=RT.settings.retry_seconds)
+async def on_update(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await reconcile.reconcile(body, patch, "update")
+
+
+@kopf.on.resume(*EB, id="resume", retries=20, backoff=RT.settings.retry_seconds)
+async def on_resume(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await reconcile.reconcile(body, patch, "resume")
+
+
+def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("output", {}).get("deletionPolicy") == DeletionPolicy.DELETE.value)
+
+
+# Only objects with deletionPolicy Delete get a finalizer; Retain needs none (Jobs go by owner refs).
+@kopf.on.delete(
+    *EB, id="delete-artifacts", when=_deletes_artifacts, retries=10, backoff=RT.settings.retry_seconds
+)
+async def on_delete(body: kopf.Body, **_: Any) -> None:
+    await reconcile.delete_artifacts(body)
+
+
+def _in_flight(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    return status.get("phase") not in TERMINAL or status.get("observedGeneration") != meta.get("generation")
+
+
+@kopf.timer(
+    *EB, id="poll", interval=RT.settings.poll_seconds, initial_delay=RT.settings.poll_seconds, when=_in_flight
+)
+async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Safety net: progress, unschedulable grace expiry, a Job that vanished, missed events."""
+    meta = body["metadata"]
+    uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
+    status = body.get("status") or {}
+    job_name = (status.get("job") or {}).get("name")
+    if (
+        job_name
+        and status.get("phase") not in TERMINAL
+        and reconcile.current_job(uid, status) is None
+        and await RT.kube.get(reconcile.jobs_path(ns, job_name)) is None
+    ):
+        log.warning("builder Job vanished; recreating", extra={"eb": f"{ns}/{name}", "job": job_name})
+        await reconcile.reconcile(body, patch, "timer")
+        return
+    await reconcile.sync(uid, ns, name)
+
+
+@kopf.on.event(*EB)
+def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
+    uid = body["metadata"]["uid"]
+    if type == "DELETED":
+        metrics.STATE.forget(uid)
+        RT.forget(uid)
+    else:
+        metrics.STATE.set_phase(uid, (body.get("status") or {}).get("phase"))
+
+
+# -- our Jobs and Pods ------------------------------------------------------------------------------
+
+
+def _owner(body: kopf.Body) -> tuple[str, str, str] | None:
+    uid = (body["metadata"].get("labels") or {}).get(jobs.LABEL_UID)
+    name = (body["metadata"].get("annotations") or {}).get(jobs.ANN_NAME)
+    if not uid or not name:
+        return None
+    return uid, body["metadata"]["namespace"], name
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+def job_event(type: str, body: kopf.Body, **_: Any) -> None:
+    owner = _owner(body)
+    if owner is None:
+        return
+    uid, ns, name = owner
+    job_uid, job_name = body["metadata"]["uid"], body["metadata"]["name"]
+    trimmed = trim_job(body)
+    finished = any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in trimmed["status"].get("conditions") or ()
+    )
+    if type == "DELETED":
+        RT.remember(RT.jobs, uid, job_name, None)
+        metrics.STATE.active_jobs.discard(job_uid)
+        return
+    RT.remember(RT.jobs, uid, job_name, trimmed)
+    if finished:
+        metrics.STATE.active_jobs.discard(job_uid)
+    else:
+        metrics.STATE.active_jobs.add(job_uid)
+    RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))
+
+
+@kopf.on.event("", "v1", "pods", labels=OURS)
+def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
+    owner = _owner(body)
+    if owner is None:
+        return
+    uid, ns, name = owner
+    RT.remember(RT.pods, uid, body["metadata"]["name"], None if type == "DELETED" else trim_pod(body))
+    if type != "DELETED":
+        RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))

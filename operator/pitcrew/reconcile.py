@@ -1,0 +1,525 @@
+"""The controller's decisions with their I/O: spec -> Job (or cache hit), Job/Pods -> status, deletion.
+
+Decisions are made by the pure modules (validation, plans, jobs, jobstatus, statuses); this module
+fetches what they need and writes what they decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from pitcrew import cachekey, jobs, jobstatus, metrics, plans, statuses
+from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
+from pitcrew.api.v1alpha1 import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    EngineBuildSpec,
+    EngineRecord,
+    Phase,
+    SecretReference,
+)
+from pitcrew.kube import Conflict, ns_path
+from pitcrew.runtime import RT, Obj
+from pitcrew.storage import Credentials, StorageError, sha256
+from pitcrew.validation import InvalidSpec, secret_refs, validate
+
+log = logging.getLogger("pitcrew.reconcile")
+
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_SOURCE = "SourceUnavailable"
+REASON_STORAGE = "StorageUnavailable"
+REASON_CACHE_HIT = "CacheHit"
+REASON_VERIFY = "VerificationFailed"
+REASON_INTERNAL = "InternalError"
+
+
+def eb_path(namespace: str, name: str | None = None) -> str:
+    return ns_path(namespace, PLURAL, name, group=GROUP, version=VERSION)
+
+
+def jobs_path(namespace: str, name: str | None = None) -> str:
+    return ns_path(namespace, "jobs", name, group="batch")
+
+
+def _post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    # Outside the operator's context (unit tests) there is no event poster: LookupError.
+    with contextlib.suppress(LookupError):
+        kopf.event(cast(Any, body), type=type_, reason=reason, message=message[:1000])
+
+
+# -- Secrets and storage -----------------------------------------------------------------------
+
+
+async def read_secrets(namespace: str, spec: EngineBuildSpec) -> dict[str, Obj | None]:
+    out: dict[str, Obj | None] = {}
+    for ref in secret_refs(spec).values():
+        if ref.name not in out:
+            out[ref.name] = await RT.kube.get(ns_path(namespace, "secrets", ref.name))
+    return out
+
+
+def credentials(secrets: Mapping[str, Obj | None], ref: SecretReference | None) -> Credentials:
+    secret = secrets.get(ref.name) if ref else None
+    if not ref or not secret:
+        return Credentials()  # the operator's own (environment / instance role)
+    data = secret.get("data") or {}
+
+    def dec(key: str) -> str | None:
+        return base64.b64decode(data[key]).decode() if key in data else None
+
+    return Credentials(dec(ref.access_key_id_key), dec(ref.secret_access_key_key))
+
+
+class SourceMissing(Exception):
+    pass
+
+
+async def source_identity(spec: EngineBuildSpec, creds: Credentials) -> str:
+    if spec.source.revision:
+        return f"revision:{spec.source.revision}"
+    if not spec.source.uri.startswith("s3://"):
+        return plans.UNPINNED
+    objects = await RT.store().list(spec.source.endpoint, creds, spec.source.uri)
+    if not objects:
+        raise SourceMissing(
+            f"spec.source.uri: no objects under {spec.source.uri}: upload the checkpoint or fix the URI"
+        )
+    prefix = spec.source.uri[len("s3://") :].partition("/")[2]
+    return cachekey.listing_digest(objects, prefix)
+
+
+async def read_manifest(
+    output_uri: str, endpoint: str | None, creds: Credentials, key: str
+) -> tuple[Manifest, bytes] | None:
+    if not output_uri.startswith("s3://"):
+        return None  # pvc:// outputs are only visible to the builder
+    data = await RT.store().get(endpoint, creds, plans.manifest_uri(output_uri, key))
+    if data is None:
+        return None
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as e:
+        log.warning("ignoring unreadable manifest", extra={"key": key, "error": str(e)[:200]})
+        return None
+    if manifest.cache_key != key:
+        log.warning("ignoring manifest of another key", extra={"key": key, "found": manifest.cache_key})
+        return None
+    return manifest, data
+
+
+def engine_record(output_uri: str, key: str, manifest: Manifest, data: bytes) -> dict[str, Any]:
+    return EngineRecord(
+        uri=plans.engine_uri(output_uri, key),
+        manifest_uri=plans.manifest_uri(output_uri, key),
+        size_bytes=manifest.size_bytes,
+        file_count=len(manifest.files),
+        manifest_sha256=sha256(data),
+        compute_capability=manifest.compute_capability,
+        trtllm_version=manifest.versions.tensorrt_llm,
+        tensorrt_version=manifest.versions.tensorrt,
+        backend=str(manifest.backend),
+    ).to_api()
+
+
+# -- spec -> Job ---------------------------------------------------------------------------------
+
+
+def _fail(body: Mapping[str, Any], patch: Any, reason: str, message: str, **fields: Any) -> None:
+    status = body.get("status") or {}
+    gen = body["metadata"].get("generation")
+    patch.status.update(
+        statuses.compose(
+            status, phase=Phase.FAILED, reason=reason, message=message, generation=gen,
+            now=statuses.now_rfc3339(), **fields,
+        )
+    )  # fmt: skip
+    if status.get("phase") != Phase.FAILED.value or status.get("reason") != reason:
+        _post(body, "Warning", reason, message)
+        metrics.TRANSITIONS.labels(Phase.FAILED.value, reason).inc()
+
+
+async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
+    """create / update / resume: validate, key, cache lookup, then exactly one Job."""
+    meta = body["metadata"]
+    ns, name, uid, gen = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
+    status = body.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    resumable = cause == "resume" and status.get("observedGeneration") == gen and status.get("cacheKey")
+    if resumable and (status.get("phase") in statuses.TERMINAL or status.get("job")):
+        # Restart: finished builds need nothing; running ones are followed from their Job's events.
+        if status.get("phase") not in statuses.TERMINAL:
+            RT.schedule(uid, lambda: sync(uid, ns, name))
+        return
+
+    try:
+        spec = EngineBuildSpec.model_validate(body.get("spec") or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = "spec." + ".".join(str(p) for p in first["loc"])
+        _fail(body, patch, REASON_INVALID_SPEC, f"{where}: {first['msg']}")
+        return
+    secrets = await read_secrets(ns, spec)
+    try:
+        resolved = validate(
+            spec,
+            RT.settings,
+            secret_keys={
+                n: frozenset((s or {}).get("data") or {}) if s else None for n, s in secrets.items()
+            },
+        )
+    except InvalidSpec as e:
+        _fail(body, patch, REASON_INVALID_SPEC, str(e))
+        return  # nothing to retry: the next spec change runs the update handler
+
+    retry = RT.settings.retry_seconds
+    try:
+        identity = await source_identity(spec, credentials(secrets, spec.source.credentials_secret_ref))
+    except SourceMissing as e:
+        _fail(body, patch, REASON_SOURCE, str(e))
+        raise kopf.TemporaryError(str(e), delay=retry) from e
+    except StorageError as e:
+        _fail(body, patch, REASON_SOURCE, f"spec.source.uri: cannot list the checkpoint: {e}")
+        raise kopf.TemporaryError(str(e), delay=retry) from e
+
+    planned = plans.make_plan(
+        spec, resolved, RT.settings, namespace=ns, name=name, generation=gen, source_identity=identity
+    )
+    key = planned.key
+    out_creds = credentials(secrets, spec.output.credentials_secret_ref)
+    out_endpoint = spec.output.endpoint or RT.settings.s3_endpoint
+
+    existing = await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
+    same_key = [
+        j for j in existing if _ann(j, jobs.ANN_KEY) == key and not j["metadata"].get("deletionTimestamp")
+    ]
+    for j in existing:
+        if _ann(j, jobs.ANN_KEY) != key and not j["metadata"].get("deletionTimestamp"):
+            await supersede(body, j)
+
+    live = [j for j in same_key if not _job_failed(j)]
+    if live or (same_key and cause == "resume"):
+        # Same engine as the running/finished Job (restart, or a spec change that keeps the key).
+        job = max(live or same_key, key=lambda j: int(_ann(j, jobs.ANN_GENERATION) or 0))
+        if status.get("observedGeneration") != gen:
+            patch.status.update({"observedGeneration": gen, "cacheKey": key})
+        RT.schedule(uid, lambda: sync(uid, ns, name))
+        log.info("adopted Job", extra={"eb": f"{ns}/{name}", "job": job["metadata"]["name"]})
+        return
+
+    try:
+        found = await read_manifest(spec.output.uri, out_endpoint, out_creds, key)
+    except StorageError as e:
+        message = f"spec.output.uri: cannot look for a published engine: {e}"
+        patch.status.update(
+            statuses.compose(
+                status, phase=Phase.PENDING, reason=REASON_STORAGE, message=message, generation=gen,
+                now=statuses.now_rfc3339(), cacheKey=key,
+            )
+        )  # fmt: skip
+        raise kopf.TemporaryError(message, delay=retry) from e
+    if found is not None:
+        manifest, data = found
+        message = f"engine already published at {plans.engine_uri(spec.output.uri, key)}"
+        now = statuses.now_rfc3339()
+        patch.status.update(
+            statuses.compose(
+                status, phase=Phase.SUCCEEDED, reason=REASON_CACHE_HIT, message=message, generation=gen,
+                now=now, cacheKey=key, cacheHit=True, builderImage=resolved.builder_image,
+                engine=engine_record(spec.output.uri, key, manifest, data), job=None, progress=None,
+                startTime=now, completionTime=now,
+            )
+        )  # fmt: skip
+        metrics.CACHE_HITS.inc()
+        metrics.TRANSITIONS.labels(Phase.SUCCEEDED.value, REASON_CACHE_HIT).inc()
+        _post(body, "Normal", REASON_CACHE_HIT, message)
+        return
+
+    plan = planned.plan
+    configmap = jobs.render_configmap(namespace=ns, eb_name=name, eb_uid=uid, plan=plan)
+    job = jobs.render_job(
+        namespace=ns, eb_name=name, eb_uid=uid, spec=spec, resolved=resolved, plan=plan, settings=RT.settings
+    )
+    job_name = job["metadata"]["name"]
+    with contextlib.suppress(Conflict):  # written by an earlier attempt: same name, same content
+        await RT.kube.create(ns_path(ns, "configmaps"), configmap)
+    try:
+        await RT.kube.create(jobs_path(ns), job)
+        metrics.JOBS_CREATED.inc()
+        _post(body, "Normal", jobstatus.JOB_CREATED, f"created builder Job {job_name} (cache key {key[:12]})")
+    except Conflict:
+        log.info("Job exists, adopting", extra={"eb": f"{ns}/{name}", "job": job_name})
+    # The status follows from the Job's first watch events (saves a write per build).
+    RT.schedule(uid, lambda: sync(uid, ns, name))
+
+
+def _ann(obj: Mapping[str, Any], key: str) -> str | None:
+    value = (obj.get("metadata", {}).get("annotations") or {}).get(key)
+    return str(value) if value is not None else None
+
+
+def _job_failed(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or ()
+    )
+
+
+async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+    ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
+        _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the spec changed")
+    await RT.kube.delete(ns_path(ns, "configmaps", name))
+
+
+# -- Job + Pods -> status ---------------------------------------------------------------------------
+
+
+def current_job(uid: str, status: Mapping[str, Any]) -> Obj | None:
+    observed = int(status.get("observedGeneration") or 0)
+    key = status.get("cacheKey")
+    candidates = [
+        j
+        for j in RT.jobs.get(uid, {}).values()
+        if not j["metadata"].get("deletionTimestamp")
+        and (int(_ann(j, jobs.ANN_GENERATION) or 0) >= observed or _ann(j, jobs.ANN_KEY) == key)
+    ]
+    if not candidates:
+        return None
+    return max(
+        candidates,
+        key=lambda j: (int(_ann(j, jobs.ANN_GENERATION) or 0), j["metadata"].get("creationTimestamp") or ""),
+    )
+
+
+async def read_progress(
+    job: Obj, spec: EngineBuildSpec, secrets: Mapping[str, Obj | None]
+) -> dict[str, Any] | None:
+    key = _ann(job, jobs.ANN_KEY) or ""
+    if not spec.output.uri.startswith("s3://"):
+        return None
+    uri = plans.engine_uri(spec.output.uri, key) + PROGRESS_FILE
+    try:
+        data = await RT.store().get(
+            spec.output.endpoint or RT.settings.s3_endpoint,
+            credentials(secrets, spec.output.credentials_secret_ref),
+            uri,
+        )
+        if data is None:
+            return None
+        report = ProgressReport.model_validate_json(data)
+    except (StorageError, ValidationError) as e:
+        log.debug("no progress", extra={"uri": uri, "error": str(e)[:200]})
+        return None
+    return {"stage": report.stage, "percent": max(0, min(100, report.percent))}
+
+
+async def sync(uid: str, ns: str, name: str) -> None:
+    """Maps the current Job and its Pods to the EngineBuild status; writes only when it changed."""
+    async with RT.lock(uid):
+        body = await RT.kube.get(eb_path(ns, name))
+        if not body or body["metadata"].get("uid") != uid or body["metadata"].get("deletionTimestamp"):
+            return
+        status = body.get("status") or {}
+        job = current_job(uid, status)
+        if job is None:
+            return
+        job_name = job["metadata"]["name"]
+        key = _ann(job, jobs.ANN_KEY) or ""
+        job_gen = int(_ann(job, jobs.ANN_GENERATION) or 0)
+        generation = max(int(status.get("observedGeneration") or 0), job_gen)
+        if (
+            status.get("phase") in statuses.TERMINAL
+            and status.get("cacheKey") == key
+            and (status.get("job") or {}).get("name") == job_name
+        ):
+            return  # already final for this Job
+        pods = [
+            p
+            for p in RT.pods.get(uid, {}).values()
+            if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name", job_name) == job_name
+            and (p["metadata"].get("labels") or {}).get("job-name", job_name) == job_name
+        ]
+        now = datetime.now(UTC)
+        verdict = jobstatus.evaluate(
+            job,
+            pods,
+            now=now,
+            unschedulable_grace_seconds=RT.settings.unschedulable_grace_seconds,
+            timeout_seconds=job["spec"].get("activeDeadlineSeconds"),
+        )
+        spec = EngineBuildSpec.model_validate(body["spec"])
+        fields: dict[str, Any] = {
+            "cacheKey": key,
+            "cacheHit": False,
+            "builderImage": job["spec"].get("image"),
+            "job": {"name": job_name, "attempts": verdict.attempts},
+            "startTime": verdict.started_at or job["metadata"].get("creationTimestamp"),
+        }
+        phase, reason, message = verdict.phase, verdict.reason, verdict.message
+        secrets: dict[str, Obj | None] = {}
+        if phase == Phase.SUCCEEDED or phase == Phase.BUILDING:
+            secrets = await read_secrets(ns, spec)
+        if phase == Phase.SUCCEEDED:
+            phase, reason, message, extra = await verify(spec, secrets, key, verdict)
+            fields.update(extra)
+        elif phase == Phase.BUILDING:
+            progress = await read_progress(job, spec, secrets)
+            if progress:
+                fields["progress"] = progress
+                message = f"{message}: {progress['stage']} {progress['percent']}%"
+        if phase in (Phase.SUCCEEDED, Phase.FAILED):
+            fields["completionTime"] = _rfc3339(verdict.finished_at) or statuses.now_rfc3339(now)
+        if verdict.stop_job:
+            await RT.kube.delete(jobs_path(ns, job_name), propagation="Background")
+        patch = statuses.compose(
+            status, phase=phase, reason=reason, message=message, generation=generation,
+            now=statuses.now_rfc3339(now), **fields,
+        )  # fmt: skip
+        if statuses.is_noop(status, patch):
+            return
+        await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch})
+        if status.get("phase") != phase.value:
+            metrics.TRANSITIONS.labels(phase.value, reason).inc()
+            _post(body, "Warning" if phase == Phase.FAILED else "Normal", reason, message)
+            if phase.value in statuses.TERMINAL:
+                _observe_duration(spec, phase, fields)
+        log.info(
+            "status",
+            extra={"eb": f"{ns}/{name}", "phase": phase.value, "reason": reason, "job": job_name},
+        )
+
+
+async def verify(
+    spec: EngineBuildSpec, secrets: Mapping[str, Obj | None], key: str, verdict: jobstatus.Verdict
+) -> tuple[Phase, str, str, dict[str, Any]]:
+    """Succeeded only when manifest.json is in S3 and matches the builder's report (sha256)."""
+    result = verdict.result
+    assert result is not None
+    if not spec.output.uri.startswith("s3://"):
+        # pvc:// outputs cannot be read from here: trust the builder's report.
+        record = {
+            "uri": result.engine_uri or plans.engine_uri(spec.output.uri, key),
+            "manifestUri": result.manifest_uri or plans.manifest_uri(spec.output.uri, key),
+            "sizeBytes": result.size_bytes or 0,
+            "fileCount": result.file_count or 0,
+            "manifestSha256": result.manifest_sha256 or "",
+            "computeCapability": result.compute_capability,
+            "backend": result.backend,
+        }
+        return (
+            Phase.SUCCEEDED,
+            jobstatus.SUCCEEDED,
+            "engine built (not verified: pvc output)",
+            {
+                "engine": {k: v for k, v in record.items() if v is not None},
+                "progress": {"stage": "publish", "percent": 100},
+            },
+        )
+    try:
+        found = await read_manifest(
+            spec.output.uri,
+            spec.output.endpoint or RT.settings.s3_endpoint,
+            credentials(secrets, spec.output.credentials_secret_ref),
+            key,
+        )
+    except StorageError as e:
+        # Leave the phase as it is; the timer retries the verification.
+        raise kopf.TemporaryError(f"cannot verify the manifest: {e}") from e
+    if found is None:
+        return (
+            Phase.FAILED,
+            REASON_VERIFY,
+            (
+                f"the builder reported success but {plans.manifest_uri(spec.output.uri, key)} "
+                "is missing or unreadable"
+            ),
+            {},
+        )
+    manifest, data = found
+    digest = sha256(data)
+    if result.manifest_sha256 and result.manifest_sha256 != digest:
+        return (
+            Phase.FAILED,
+            REASON_VERIFY,
+            (
+                f"manifest.json sha256 {digest[:16]}… differs from the builder's report "
+                f"{result.manifest_sha256[:16]}…"
+            ),
+            {},
+        )
+    record = engine_record(spec.output.uri, key, manifest, data)
+    message = (
+        f"engine published at {record['uri']} ({record['fileCount']} files, {record['sizeBytes']} bytes)"
+    )
+    return (
+        Phase.SUCCEEDED,
+        jobstatus.SUCCEEDED,
+        message,
+        {
+            "engine": record,
+            "progress": {"stage": "publish", "percent": 100},
+        },
+    )
+
+
+def _rfc3339(value: str | None) -> str | None:
+    moment = jobstatus.parse_time(value)
+    return statuses.now_rfc3339(moment) if moment else None
+
+
+def _observe_duration(spec: EngineBuildSpec, phase: Phase, fields: Mapping[str, Any]) -> None:
+    start, end = (
+        jobstatus.parse_time(fields.get("startTime")),
+        jobstatus.parse_time(fields.get("completionTime")),
+    )
+    if start and end:
+        metrics.BUILD_DURATION.labels(str(spec.backend), phase.value).observe(
+            max(0.0, (end - start).total_seconds())
+        )
+
+
+# -- deletion ---------------------------------------------------------------------------------------
+
+
+async def delete_artifacts(body: Mapping[str, Any]) -> None:
+    """deletionPolicy Delete: stop the builder, then remove <output>/<cacheKey>/ unless shared."""
+    meta = body["metadata"]
+    ns, uid = meta["namespace"], meta["uid"]
+    status = body.get("status") or {}
+    key = status.get("cacheKey")
+    spec = EngineBuildSpec.model_validate(body["spec"])
+    for job in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}"):
+        await RT.kube.delete(jobs_path(ns, job["metadata"]["name"]), propagation="Background")
+    if not key or not spec.output.uri.startswith("s3://"):
+        return
+    target = cachekey.normalize_uri(spec.output.uri)
+    for other in await RT.kube.list(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
+        if (
+            other["metadata"]["uid"] != uid
+            and not other["metadata"].get("deletionTimestamp")
+            and (other.get("status") or {}).get("cacheKey") == key
+            and cachekey.normalize_uri(other.get("spec", {}).get("output", {}).get("uri", "")) == target
+        ):
+            other_name = f"{other['metadata']['namespace']}/{other['metadata']['name']}"
+            _post(body, "Normal", "ArtifactsKept", f"engine {key[:12]} is still used by {other_name}")
+            return
+    secrets = await read_secrets(ns, spec)
+    try:
+        count = await RT.store().delete_prefix(
+            spec.output.endpoint or RT.settings.s3_endpoint,
+            credentials(secrets, spec.output.credentials_secret_ref),
+            plans.engine_uri(spec.output.uri, key),
+        )
+    except StorageError as e:
+        raise kopf.TemporaryError(f"cannot delete the engine: {e}", delay=RT.settings.retry_seconds) from e
+    log.info("deleted artifacts", extra={"eb": f"{ns}/{meta['name']}", "objects": count})

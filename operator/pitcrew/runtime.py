@@ -1,0 +1,121 @@
+"""Process-wide state of the operator: settings, clients, and the watch-fed views of our Jobs and Pods.
+
+The Job and Pod views are dicts filled by kopf event handlers (no API calls to read them), trimmed
+to the fields the status mapping needs so that memory stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pitcrew.kube import Kube
+from pitcrew.settings import Settings, SettingsError
+from pitcrew.storage import Storage
+
+log = logging.getLogger("pitcrew")
+
+Obj = dict[str, Any]
+
+
+def trim_job(body: Any) -> Obj:
+    meta = body.get("metadata", {})
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "labels",
+                "annotations",
+            )
+        },
+        "spec": {
+            "activeDeadlineSeconds": body.get("spec", {}).get("activeDeadlineSeconds"),
+            "image": (body.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[
+                0
+            ].get("image"),
+        },
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def trim_pod(body: Any) -> Obj:
+    meta = body.get("metadata", {})
+    status = body.get("status") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "creationTimestamp", "deletionTimestamp", "labels")},
+        "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
+        "status": {
+            k: status.get(k)
+            for k in ("phase", "reason", "message", "conditions", "containerStatuses")
+            if k in status
+        },
+    }
+
+
+def _settings_or_default() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError:
+        return Settings()  # the startup handler reports the error and stops the operator
+
+
+@dataclass
+class Runtime:
+    settings: Settings = field(default_factory=_settings_or_default)
+    kube: Kube = field(default_factory=Kube)
+    storage: Storage | None = None
+    jobs: dict[str, dict[str, Obj]] = field(default_factory=dict)  # EngineBuild uid -> Job name -> Job
+    pods: dict[str, dict[str, Obj]] = field(default_factory=dict)  # EngineBuild uid -> Pod name -> Pod
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    debounce_seconds: float = 0.3
+
+    def store(self) -> Storage:
+        if self.storage is None:
+            self.storage = Storage(self.settings.s3_endpoint, self.settings.s3_region)
+        return self.storage
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+    def remember(self, table: dict[str, dict[str, Obj]], uid: str, name: str, value: Obj | None) -> None:
+        if value is None:
+            table.get(uid, {}).pop(name, None)
+            if uid in table and not table[uid]:
+                del table[uid]
+        else:
+            table.setdefault(uid, {})[name] = value
+
+    def forget(self, uid: str) -> None:
+        self.jobs.pop(uid, None)
+        self.pods.pop(uid, None)
+        self.locks.pop(uid, None)
+        task = self.pending.pop(uid, None)
+        if task is not None:
+            task.cancel()
+
+    def schedule(self, uid: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Coalesces bursts of watch events for one build into one sync after a short pause."""
+        if uid in self.pending:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.debounce_seconds)
+            self.pending.pop(uid, None)
+            try:
+                await run()
+            except Exception:
+                log.exception("status sync failed", extra={"uid": uid})
+
+        self.pending[uid] = asyncio.get_running_loop().create_task(later())
+
+
+RT = Runtime()

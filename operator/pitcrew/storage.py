@@ -1,0 +1,149 @@
+"""S3 access for the controller: source listings, manifest reads, progress, artifact deletion.
+
+boto3 is synchronous, so every call runs in a worker thread (`asyncio.to_thread`). Clients are
+cached per (endpoint, access key) so 2,000 objects do not mean 2,000 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pitcrew.cachekey import ListedObject
+
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+NO_BUCKET = frozenset({"NoSuchBucket"})
+
+
+class StorageError(Exception):
+    """S3 said no, or could not be reached; `transient` tells whether retrying may help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri}")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return cls(bucket, key)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+def _error(e: Exception, what: str) -> StorageError:
+    if isinstance(e, ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        transient = status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError")
+        return StorageError(f"{what}: {code or status} {e}", transient=transient)
+    return StorageError(f"{what}: {e}", transient=True)
+
+
+class Storage:
+    def __init__(self, default_endpoint: str | None, region: str) -> None:
+        self.default_endpoint = default_endpoint
+        self.region = region
+        self._clients: dict[tuple[str | None, str | None], Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, endpoint: str | None, creds: Credentials) -> Any:
+        endpoint = endpoint or self.default_endpoint
+        key = (endpoint, creds.access_key_id)
+        with self._lock:
+            if key not in self._clients:
+                kwargs: dict[str, Any] = {}
+                if creds.access_key_id and creds.secret_access_key:
+                    kwargs = {
+                        "aws_access_key_id": creds.access_key_id,
+                        "aws_secret_access_key": creds.secret_access_key,
+                    }
+                self._clients[key] = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name=self.region,
+                    config=Config(
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=5,
+                        read_timeout=20,
+                        s3={"addressing_style": "path"} if endpoint else {},
+                    ),
+                    **kwargs,
+                )
+            return self._clients[key]
+
+    # -- sync bodies (run in threads) ---------------------------------------------------------
+
+    def _list(self, endpoint: str | None, creds: Credentials, uri: str) -> list[ListedObject]:
+        loc = S3Location.parse(uri)
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        out: list[ListedObject] = []
+        try:
+            pages = self.client(endpoint, creds).get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=loc.bucket, Prefix=prefix):
+                for o in page.get("Contents", ()):
+                    out.append(ListedObject(o["Key"], int(o["Size"]), str(o.get("ETag", ""))))
+        except (ClientError, BotoCoreError) as e:
+            raise _error(e, f"listing {uri}") from e
+        return out
+
+    def _get(self, endpoint: str | None, creds: Credentials, uri: str) -> bytes | None:
+        loc = S3Location.parse(uri)
+        try:
+            resp = self.client(endpoint, creds).get_object(Bucket=loc.bucket, Key=loc.key)
+            body: bytes = resp["Body"].read()
+            return body
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code", "")) in NOT_FOUND:
+                return None
+            raise _error(e, f"reading {uri}") from e
+        except BotoCoreError as e:
+            raise _error(e, f"reading {uri}") from e
+
+    def _delete_prefix(self, endpoint: str | None, creds: Credentials, uri: str) -> int:
+        loc = S3Location.parse(uri)
+        prefix = loc.key.rstrip("/") + "/"
+        client = self.client(endpoint, creds)
+        deleted = 0
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+                if keys:
+                    client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True})
+                    deleted += len(keys)
+        except (ClientError, BotoCoreError) as e:
+            raise _error(e, f"deleting {uri}") from e
+        return deleted
+
+    # -- async API ---------------------------------------------------------------------------
+
+    async def list(self, endpoint: str | None, creds: Credentials, uri: str) -> list[ListedObject]:
+        return await asyncio.to_thread(self._list, endpoint, creds, uri)
+
+    async def get(self, endpoint: str | None, creds: Credentials, uri: str) -> bytes | None:
+        return await asyncio.to_thread(self._get, endpoint, creds, uri)
+
+    async def delete_prefix(self, endpoint: str | None, creds: Credentials, uri: str) -> int:
+        return await asyncio.to_thread(self._delete_prefix, endpoint, creds, uri)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
