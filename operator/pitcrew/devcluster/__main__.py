@@ -1,0 +1,143 @@
+"""`python -m pitcrew.devcluster up|down|env|status` (also installed as `pitcrew-devcluster`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from . import cluster
+from .errors import DevclusterError
+from .state import default_state_dir
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pitcrew.devcluster",
+        description="Local Kubernetes control plane + S3 + local GPU node for tests.",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where state, logs and kubeconfig live (default: $PITCREW_STATE_DIR or "
+        ".pitcrew/devcluster in the checkout)",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    u = sub.add_parser("up", help="start everything; refused if already running")
+    d = cluster.UpOptions()
+    u.add_argument("--node-name", default=d.node_name)
+    u.add_argument("--gpus", type=int, default=d.gpus, help="nvidia.com/gpu capacity of the local node")
+    u.add_argument("--gpu-product", default=d.gpu_product, help="nvidia.com/gpu.product label")
+    u.add_argument("--compute-capability", default=d.compute_capability, help="e.g. 8.0, 8.9, 9.0")
+    u.add_argument("--node-cpu", default=d.node_cpu, help="advertised cpu capacity (not enforced)")
+    u.add_argument("--node-memory", default=d.node_memory, help="advertised memory capacity (not enforced)")
+    u.add_argument("--bucket", default=d.bucket)
+    u.add_argument("--no-s3", action="store_true", help="do not start MinIO")
+    u.add_argument("--kwok-nodes", type=int, default=0, help="also start kwok with N fake GPU nodes")
+    u.add_argument("--apiserver-port", type=int, default=None, help="fixed port (default: a free one)")
+    u.add_argument("--s3-port", type=int, default=None, help="fixed port (default: a free one)")
+    u.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for each phase")
+    u.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    u.add_argument(
+        "--image-rule",
+        action="append",
+        default=[],
+        metavar="PREFIX=PROGRAM",
+        help="run images starting with PREFIX as PROGRAM (its ENTRYPOINT); repeatable",
+    )
+
+    dn = sub.add_parser("down", help="stop everything (process groups); keeps logs and S3 data")
+    dn.add_argument("--purge", action="store_true", help="also delete the state dir's contents")
+
+    e = sub.add_parser("env", help="print shell exports for the running cluster")
+    e.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("status", help="components, pids, readiness")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    state_dir: Path = (args.state_dir or default_state_dir()).resolve()
+    try:
+        if args.cmd == "up":
+            rules = []
+            for r in args.image_rule:
+                prefix, sep, prog = r.partition("=")
+                if not sep:
+                    raise DevclusterError(
+                        f"--image-rule {r!r}: expected PREFIX=PROGRAM", component="devcluster"
+                    )
+                rules.append({"prefix": prefix, "entrypoint": shlex.split(prog)})
+            info = cluster.up(
+                cluster.UpOptions(
+                    state_dir=state_dir,
+                    node_name=args.node_name,
+                    gpus=args.gpus,
+                    gpu_product=args.gpu_product,
+                    compute_capability=args.compute_capability,
+                    node_cpu=args.node_cpu,
+                    node_memory=args.node_memory,
+                    s3=not args.no_s3,
+                    bucket=args.bucket,
+                    kwok_nodes=args.kwok_nodes,
+                    apiserver_port=args.apiserver_port,
+                    s3_port=args.s3_port,
+                    timeout=args.timeout,
+                    build=not args.no_build,
+                    image_rules=rules,
+                )
+            )
+            print(
+                f'# devcluster is up; to use it:\n#   eval "$(python -m pitcrew.devcluster --state-dir '
+                f'{shlex.quote(str(state_dir))} env)"\n#   kubectl get nodes'
+            )
+            _print_env(info.env())
+        elif args.cmd == "down":
+            cluster.down(state_dir, purge=args.purge)
+        elif args.cmd == "env":
+            loaded = cluster.load(state_dir)
+            if loaded is None:
+                raise DevclusterError(
+                    f"no devcluster is running in {state_dir}; start one with "
+                    f"`python -m pitcrew.devcluster up`",
+                    component="devcluster",
+                )
+            if args.json:
+                print(json.dumps(loaded.env(), indent=2))
+            else:
+                _print_env(loaded.env())
+        elif args.cmd == "status":
+            st = cluster.status(state_dir)
+            if args.json:
+                print(json.dumps(st, indent=2))
+            else:
+                print(f"state dir: {st['state_dir']}  running: {st['running']}")
+                for c in st["components"]:
+                    alive = "alive" if c["alive"] else "DEAD"
+                    print(f"  {c['name']:<24} pid {c['pid']:<8} {alive:<6} {c['log']}")
+                for key in ("server", "apiserver_ready", "node_ready", "s3_live", "error"):
+                    if key in st:
+                        print(f"  {key}: {st[key]}")
+            return 0 if st["running"] else 3
+    except DevclusterError as e:
+        print(f"devcluster: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("devcluster: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _print_env(env: dict[str, str]) -> None:
+    for k, v in env.items():
+        print(f"export {k}={shlex.quote(v)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

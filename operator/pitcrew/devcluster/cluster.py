@@ -1,0 +1,348 @@
+"""Bringing the whole devcluster up and down: control plane, S3, the local node and kwok."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from . import binaries, certs, controlplane, kubeconfig, kwok, ports, procs, readiness, s3server, state
+from .errors import DevclusterError
+from .info import ClusterInfo
+from .kubeapi import ApiError, KubeClient
+from .localnode.config import default_image_rules
+from .procs import Proc
+
+Running = list[tuple[Proc, subprocess.Popen[bytes] | None]]
+
+
+def _stderr(msg: str) -> None:
+    print(f"devcluster: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class UpOptions:
+    state_dir: Path = field(default_factory=state.default_state_dir)
+    node_name: str = "pitcrew-local"
+    gpus: int = 8
+    gpu_product: str = "NVIDIA-A100-SXM4-80GB"
+    compute_capability: str = "8.0"
+    gpu_memory_mib: int = 81920
+    # What the local node advertises to the scheduler (not enforced; it runs pods as processes).
+    node_cpu: str = "32"
+    node_memory: str = "256Gi"
+    s3: bool = True
+    bucket: str = "pitcrew"
+    kwok_nodes: int = 0
+    apiserver_port: int | None = None
+    s3_port: int | None = None
+    timeout: float = 60.0
+    build: bool = True
+    # Extra localnode image rules, tried before the defaults: {"prefix", "entrypoint", "cmd"}.
+    image_rules: list[dict[str, Any]] = field(default_factory=list)
+    say: Callable[[str], None] = _stderr
+
+
+def _get_ok(url: str, ca: Path, token: str | None = None) -> bool:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = requests.get(url, verify=str(ca), headers=headers, timeout=2)
+    return r.status_code == 200 and r.text.strip() == "ok"
+
+
+def node_ready(client: KubeClient, name: str) -> bool:
+    node = client.get_or_none(f"/api/v1/nodes/{name}")
+    conds = (node or {}).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def _localnode_config(opts: UpOptions, sd: Path, kubeconfig_path: Path) -> dict[str, Any]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "kubeconfig": str(kubeconfig_path),
+        "node_name": opts.node_name,
+        "gpus": opts.gpus,
+        "gpu_product": opts.gpu_product,
+        "compute_capability": opts.compute_capability,
+        "gpu_memory_mib": opts.gpu_memory_mib,
+        "cpu": opts.node_cpu,
+        "memory": opts.node_memory,
+        "work_dir": str(sd / "pods"),
+        "pvc_dir": str(sd / "pvcs"),
+        "venv_bin": venv_bin,
+        "image_rules": [*opts.image_rules, *default_image_rules(venv_bin)],
+    }
+
+
+def _fresh(sd: Path) -> None:
+    # Each `up` starts from an empty etcd and no pods; S3 data persists (like a real bucket) until
+    # `down --purge`.
+    for name in ("etcd", "pods", "pki", "apiserver-certs", "kwok"):
+        shutil.rmtree(sd / name, ignore_errors=True)
+    (sd / "logs").mkdir(parents=True, exist_ok=True)
+
+
+def up(opts: UpOptions) -> ClusterInfo:
+    sd = opts.state_dir.resolve()
+    with state.locked(sd):
+        prev = state.load(sd)
+        if prev is not None:
+            live = prev.live()
+            if live:
+                raise DevclusterError(
+                    f"a devcluster is already running in {sd} "
+                    f"({', '.join(f'{p.name}={p.pid}' for p in live)}); use it "
+                    f"(`python -m pitcrew.devcluster env`), stop it (`python -m pitcrew.devcluster down`) "
+                    f"or pick another state dir (PITCREW_STATE_DIR)",
+                    component="devcluster",
+                )
+            opts.say(f"removing stale state of a devcluster that is no longer running in {sd}")
+            kill_pod_processes(sd)
+            prev.path.unlink()
+        return _up(opts, sd)
+
+
+def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
+    t0 = time.monotonic()
+    components = [
+        "etcd",
+        "kubernetes",
+        *(["minio"] if opts.s3 else []),
+        *(["kwok"] if opts.kwok_nodes else []),
+    ]
+    bins = binaries.locate(components, build=opts.build)
+
+    if opts.apiserver_port is not None:
+        ports.require_free(opts.apiserver_port, "kube-apiserver")
+    if opts.s3 and opts.s3_port is not None:
+        ports.require_free(opts.s3_port, "minio")
+    free = ports.pick_free_ports(8)
+    p = controlplane.Ports(
+        etcd_client=free[0],
+        etcd_peer=free[1],
+        apiserver=opts.apiserver_port or free[2],
+        controller_manager=free[3],
+        scheduler=free[4],
+    )
+    s3_port, console_port, kwok_port = opts.s3_port or free[5], free[6], free[7]
+
+    _fresh(sd)
+    logs = sd / "logs"
+    creds = certs.generate(sd / "pki")
+    server = f"https://{ports.LOOPBACK}:{p.apiserver}"
+    kcfg = kubeconfig.write(sd / "kubeconfig", server, creds.ca_cert, creds.admin_token)
+    s3 = s3server.credentials(opts.bucket, s3_port) if opts.s3 else None
+    info = ClusterInfo(
+        state_dir=sd,
+        kubeconfig=kcfg,
+        server=server,
+        token=creds.admin_token,
+        ca_file=creds.ca_cert,
+        node_name=opts.node_name,
+        s3=s3,
+    )
+    st = state.State(state_dir=sd, info=info.to_json())
+    running: Running = []
+
+    def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc, popen = procs.launch(name, argv, logs / f"{name}.log", env=env, cwd=sd)
+        running.append((proc, popen))
+        st.procs.append(proc)
+        st.save()  # recorded at once, so `down` can clean up even if this `up` dies midway
+        return proc
+
+    def ready(component: str, seconds: float) -> None:
+        opts.say(f"{component} ready after {time.monotonic() - t0:.1f} s")
+
+    def log_of(name: str) -> Path:
+        return logs / f"{name}.log"
+
+    try:
+        # Phase 1, in parallel: etcd, apiserver (it retries etcd until it answers), MinIO.
+        start("etcd", controlplane.etcd(bins, p, sd / "etcd"))
+        start("kube-apiserver", controlplane.apiserver(bins, p, creds, sd / "apiserver-certs"))
+        checks = [
+            readiness.Check(
+                "etcd",
+                lambda: (
+                    requests.get(f"http://{ports.LOOPBACK}:{p.etcd_client}/health", timeout=1).status_code
+                    == 200
+                ),
+                log_of("etcd"),
+            ),
+            readiness.Check(
+                "kube-apiserver",
+                lambda: _get_ok(f"{server}/readyz", creds.ca_cert, creds.admin_token),
+                log_of("kube-apiserver"),
+            ),
+        ]
+        if s3 is not None:
+            s3dir = sd / "s3"
+            s3dir.mkdir(exist_ok=True)
+            start("minio", s3server.argv(bins, s3dir, s3_port, console_port), env=s3server.env(s3))
+            checks.append(readiness.Check("minio", lambda: s3server.live(s3), log_of("minio")))
+        readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
+
+        # Phase 2, in parallel: everything that needs a serving apiserver.
+        kcm_url = f"https://{ports.LOOPBACK}:{p.controller_manager}/healthz"
+        sched_url = f"https://{ports.LOOPBACK}:{p.scheduler}/healthz"
+        start("kube-controller-manager", controlplane.controller_manager(bins, p, creds, kcfg))
+        start("kube-scheduler", controlplane.scheduler(bins, p, creds, kcfg))
+        node_cfg = sd / "localnode.json"
+        node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg), indent=2))
+        start("localnode", [sys.executable, "-m", "pitcrew.devcluster.localnode", "--config", str(node_cfg)])
+        if opts.kwok_nodes:
+            start("kwok", kwok.argv(bins, kcfg, kwok_port))
+        client = info.client()
+        checks = [
+            readiness.Check(
+                "kube-controller-manager",
+                lambda: _get_ok(kcm_url, creds.ca_cert),
+                log_of("kube-controller-manager"),
+            ),
+            readiness.Check(
+                "kube-scheduler", lambda: _get_ok(sched_url, creds.ca_cert), log_of("kube-scheduler")
+            ),
+            readiness.Check(
+                f"node {opts.node_name}", lambda: node_ready(client, opts.node_name), log_of("localnode")
+            ),
+        ]
+        if s3 is not None:
+
+            def bucket() -> bool:
+                s3server.ensure_bucket(s3, timeout=1)
+                return True
+
+            checks.append(readiness.Check(f"bucket {s3.bucket}", bucket, log_of("minio")))
+        readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
+
+        if opts.kwok_nodes:
+            names = add_kwok_nodes(client, opts, opts.kwok_nodes)
+            info = dataclasses.replace(info, kwok_nodes=tuple(names))
+            readiness.wait(
+                [
+                    readiness.Check(
+                        f"{len(names)} kwok nodes",
+                        lambda: all(node_ready(client, n) for n in names),
+                        log_of("kwok"),
+                    )
+                ],
+                running,
+                timeout=opts.timeout,
+                on_ready=ready,
+            )
+        st.info = info.to_json()
+        st.save()
+    except BaseException:
+        # Never leave half a cluster behind: stop what we started, keep the logs.
+        procs.stop_all(list(reversed(st.procs)), grace=3)
+        kill_pod_processes(sd)
+        st.path.unlink(missing_ok=True)
+        raise
+    opts.say(f"up in {time.monotonic() - t0:.1f} s; state in {sd}")
+    return info
+
+
+def add_kwok_nodes(client: KubeClient, opts: UpOptions, count: int, prefix: str = "kwok-gpu-") -> list[str]:
+    names = []
+    for i in range(count):
+        body = kwok.node_manifest(
+            f"{prefix}{i}",
+            gpus=opts.gpus,
+            gpu_product=opts.gpu_product,
+            compute_capability=opts.compute_capability,
+            cpu=opts.node_cpu,
+            memory=opts.node_memory,
+        )
+        try:
+            client.create("/api/v1/nodes", body)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        names.append(body["metadata"]["name"])
+    return names
+
+
+def kill_pod_processes(sd: Path) -> int:
+    """Kills pod processes a localnode left behind (it records `pid start_ticks` per container)."""
+    leftovers = []
+    for pidfile in (sd / "pods").glob("*/containers/*/pid"):
+        try:
+            pid_s, ticks_s = pidfile.read_text().split()
+        except (OSError, ValueError):
+            continue
+        leftovers.append(
+            Proc(name=f"pod {pidfile.parent}", pid=int(pid_s), start_ticks=int(ticks_s), log="", argv=[])
+        )
+    return len(procs.stop_all(leftovers, grace=3)) if leftovers else 0
+
+
+def load(state_dir: Path | None = None) -> ClusterInfo | None:
+    """The running devcluster in `state_dir`, or None when nothing runs there."""
+    sd = (state_dir or state.default_state_dir()).resolve()
+    st = state.load(sd)
+    if st is None or not st.live() or not st.info:
+        return None
+    return ClusterInfo.from_json(st.info)
+
+
+def down(state_dir: Path | None = None, *, purge: bool = False, say: Callable[[str], None] = _stderr) -> bool:
+    """Stops everything `up` started in `state_dir`; returns False when nothing was running."""
+    sd = (state_dir or state.default_state_dir()).resolve()
+    with state.locked(sd):
+        st = state.load(sd)
+        was_running = bool(st and st.live())
+        if st is not None:
+            # The local node first: on SIGTERM it stops its pods' process groups.
+            order = sorted(st.procs, key=lambda pr: pr.name != "localnode")
+            procs.stop_all(order[:1], grace=10)
+            killed = procs.stop_all(order[1:], grace=10)
+            if killed:
+                say(f"had to SIGKILL: {', '.join(killed)}")
+            st.path.unlink(missing_ok=True)
+        stray = kill_pod_processes(sd)
+        if stray:
+            say(f"killed {stray} leftover pod process(es)")
+        shutil.rmtree(sd / "etcd", ignore_errors=True)
+        if purge:
+            for child in sd.iterdir():
+                if child.name != ".lock":
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink()
+    say("stopped" if was_running else f"no devcluster was running in {sd}")
+    return was_running
+
+
+def status(state_dir: Path | None = None) -> dict[str, Any]:
+    sd = (state_dir or state.default_state_dir()).resolve()
+    st = state.load(sd)
+    if st is None:
+        return {"state_dir": str(sd), "running": False, "components": []}
+    comps = [{"name": p.name, "pid": p.pid, "alive": procs.is_alive(p), "log": p.log} for p in st.procs]
+    out: dict[str, Any] = {
+        "state_dir": str(sd),
+        "running": any(c["alive"] for c in comps),
+        "components": comps,
+    }
+    if st.info and out["running"]:
+        info = ClusterInfo.from_json(st.info)
+        out["server"] = info.server
+        try:
+            out["apiserver_ready"] = _get_ok(f"{info.server}/readyz", info.ca_file, info.token)
+            out["node_ready"] = node_ready(info.client(), info.node_name)
+        except Exception as e:  # status reports, it does not fail
+            out["apiserver_ready"] = False
+            out["error"] = str(e)
+        if info.s3:
+            out["s3_live"] = s3server.live(info.s3)
+    return out

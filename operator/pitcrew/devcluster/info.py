@@ -1,0 +1,90 @@
+"""What a running devcluster hands to its users: addresses, credentials and a few helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .kubeapi import KubeClient
+from .s3server import S3Info
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    state_dir: Path
+    kubeconfig: Path
+    server: str
+    token: str
+    ca_file: Path
+    node_name: str
+    s3: S3Info | None = None
+    kwok_nodes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state_dir": str(self.state_dir),
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server,
+            "token": self.token,
+            "ca_file": str(self.ca_file),
+            "node_name": self.node_name,
+            "s3": self.s3.to_json() if self.s3 else None,
+            "kwok_nodes": list(self.kwok_nodes),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClusterInfo:
+        return cls(
+            state_dir=Path(d["state_dir"]),
+            kubeconfig=Path(d["kubeconfig"]),
+            server=d["server"],
+            token=d["token"],
+            ca_file=Path(d["ca_file"]),
+            node_name=d["node_name"],
+            s3=S3Info.from_json(d["s3"]) if d.get("s3") else None,
+            kwok_nodes=tuple(d.get("kwok_nodes", ())),
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients: KUBECONFIG, AWS_* and PITCREW_S3_* (as `devcluster env` prints)."""
+        out = {"KUBECONFIG": str(self.kubeconfig), "PITCREW_STATE_DIR": str(self.state_dir)}
+        if self.s3:
+            out.update(self.s3.env())
+        return out
+
+    def client(self) -> KubeClient:
+        return KubeClient(self.server, self.token, self.ca_file.read_bytes())
+
+    def s3_client(self) -> Any:
+        if self.s3 is None:
+            raise RuntimeError("this devcluster runs without S3 (started with --no-s3)")
+        return self.s3.client()
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs kubectl against this cluster; on failure (with check) the error carries stderr."""
+        kubectl = shutil.which("kubectl") or "kubectl"
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        proc = subprocess.run(
+            [kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(
+                proc.returncode, proc.args, proc.stdout, f"kubectl {' '.join(args)}: {proc.stderr}"
+            )
+        return proc
+
+    def kubectl_json(self, *args: str, timeout: float = 60) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json", timeout=timeout).stdout)
