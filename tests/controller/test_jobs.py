@@ -1,0 +1,126 @@
+from typing import Any
+
+from pitcrew import jobs, plans
+from pitcrew.api.plan import CREDENTIAL_ENV, BuildPlan
+from pitcrew.settings import Settings
+from pitcrew.validation import validate
+
+from .helpers import spec
+
+S = Settings(job_ttl_seconds=600, run_as_user=1234)
+
+
+def render(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any], BuildPlan]:
+    s = spec(**overrides)
+    secrets = {"s3": frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})}
+    resolved = validate(s, S, secret_keys=secrets)
+    planned = plans.make_plan(
+        s, resolved, S, namespace="ns", name="llama", generation=3, source_identity="revision:x"
+    )
+    job = jobs.render_job(
+        namespace="ns",
+        eb_name="llama",
+        eb_uid="uid-1",
+        spec=s,
+        resolved=resolved,
+        plan=planned.plan,
+        settings=S,
+    )
+    cm = jobs.render_configmap(namespace="ns", eb_name="llama", eb_uid="uid-1", plan=planned.plan)
+    return job, cm, planned.plan
+
+
+def test_job_name_is_deterministic_and_a_dns_label() -> None:
+    key = "f" * 64
+    assert jobs.job_name("llama", key, 1) == "llama-ffffffffff-1"
+    long = "a" * 253
+    n = jobs.job_name(long, key, 12)
+    assert len(n) <= 63 and n.endswith("-ffffffffff-12")
+    assert n != jobs.job_name("a" * 252 + "b", key, 12)  # truncated names keep a hash of the full name
+    assert jobs.job_name("My.Model", key, 1) == "my-model-ffffffffff-1"
+
+
+def test_job_shape() -> None:
+    job, cm, plan = render(
+        **{
+            "parallelism.tensor": 2,
+            "timeoutSeconds": 900,
+            "retryLimit": 2,
+            "target.nodeSelector": {"pool": "gpu"},
+            "target.tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+            ],
+            "target.resources": {"requests": {"memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+            "target.priorityClassName": "batch-low",
+            "output.credentialsSecretRef": {"name": "s3"},
+        }
+    )
+    name = job["metadata"]["name"]
+    assert name == cm["metadata"]["name"] and name.startswith("llama-") and name.endswith("-3")
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "pitcrew.dev/v1alpha1",
+        "kind": "EngineBuild",
+        "name": "llama",
+        "uid": "uid-1",
+        "controller": True,
+    }
+    assert job["metadata"]["labels"][jobs.LABEL_UID] == "uid-1"
+    assert job["metadata"]["annotations"][jobs.ANN_KEY] == plan.cache_key
+    js = job["spec"]
+    assert (
+        js["activeDeadlineSeconds"] == 900
+        and js["backoffLimit"] == 2
+        and js["ttlSecondsAfterFinished"] == 600
+    )
+    pod = js["template"]["spec"]
+    assert js["template"]["metadata"]["labels"] == job["metadata"]["labels"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1234
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["priorityClassName"] == "batch-low"
+    (c,) = pod["containers"]
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+    }
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert c["image"] == "ghcr.io/pitcrew/builder:0.1.0"
+    env = {e["name"]: e for e in c["env"]}
+    key_var, secret_var = CREDENTIAL_ENV["output"]
+    assert env[key_var]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert env[secret_var]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert not any("value" in e and "SECRET" in e["name"] for e in c["env"])  # no literal credentials
+    assert env["PITCREW_PLAN"]["value"] == "/etc/pitcrew/plan.json"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/pitcrew"]["readOnly"] is True and "/scratch" in mounts
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["plan"]["configMap"]["name"] == name and vols["scratch"] == {
+        "name": "scratch",
+        "emptyDir": {},
+    }
+    assert BuildPlan.model_validate_json(cm["data"]["plan.json"]) == plan
+
+
+def test_checkpoint_backend_requests_no_gpu() -> None:
+    job, _, _ = render(backend="checkpoint")
+    pod = job["spec"]["template"]["spec"]
+    assert "resources" not in pod["containers"][0]
+    assert "tolerations" not in pod
+
+
+def test_pvc_source_is_mounted_read_only() -> None:
+    job, _, plan = render(**{"source.uri": "pvc://ckpts/llama", "source.revision": "v1"})
+    pod = job["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert vol["persistentVolumeClaim"] == {"claimName": "ckpts", "readOnly": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
+    assert mount == {"name": vol["name"], "mountPath": "/mnt/pvc/ckpts", "readOnly": True}
+    assert plan.source.uri == "pvc://ckpts/llama"
