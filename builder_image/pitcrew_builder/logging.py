@@ -29,7 +29,7 @@ def log_event(stage: str, event: str, *, level: str = "info", **fields: Any) -> 
     for key, value in fields.items():
         if value is None:
             continue
-        record[key] = round(value, 3) if isinstance(value, float) else value
+        record[key] = float(f"{value:.4g}") if isinstance(value, float) else value
     line = json.dumps(record, default=str, separators=(",", ":"))
     with _lock:
         stream = _stream or sys.stdout

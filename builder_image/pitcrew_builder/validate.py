@@ -135,7 +135,7 @@ def check_logits(source_dir: Path, ckpt_dir: Path, cfg: CheckpointConfig) -> Log
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, cfg.vocab_size, (1, CHECK_TOKENS), generator=gen)
     with torch.no_grad():
-        source = transformers.AutoModelForCausalLM.from_pretrained(str(source_dir), torch_dtype=torch.float32)
+        source = transformers.AutoModelForCausalLM.from_pretrained(str(source_dir), dtype=torch.float32)
         expected = source(ids).logits.float()
         del source
         ref = ReferenceModel.from_checkpoint(ckpt_dir, dtype=dtype)

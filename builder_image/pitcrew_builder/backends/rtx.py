@@ -174,8 +174,24 @@ def export_onnx(model: Any, path: Path, profile: Profile) -> None:
             )
 
 
+def json_logger(trt: Any) -> Any:
+    """A TensorRT logger that writes warnings and errors into our JSON log instead of raw stdout."""
+
+    class JsonLogger(trt.ILogger):  # type: ignore[misc]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity <= trt.ILogger.Severity.ERROR:
+                log_event("compile", "tensorrt", level="error", message=msg)
+            elif severity <= trt.ILogger.Severity.WARNING:
+                log_event("compile", "tensorrt", level="warning", message=msg)
+
+    return JsonLogger()
+
+
 def build_engine(trt: Any, onnx_path: Path, sm: str, profile: Profile) -> bytes:
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = json_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)

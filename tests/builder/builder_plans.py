@@ -1,0 +1,60 @@
+"""BuildPlans for the builder tests, resolved the way the controller resolves them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, ResolvedSizes
+from pitcrew.api.sizing import resolve_sizes
+from pitcrew.api.v1alpha1 import BuildOptions, ModelOverrides, Parallelism, Quantization
+
+
+def make_plan(
+    *,
+    source_uri: str,
+    output_uri: str,
+    cache_key: str = "k0",
+    backend: str = "tensorrt-rtx",
+    compute_capability: str = "8.6",
+    source_format: str = "hf",
+    build: dict[str, Any] | None = None,
+    dtype: str | None = "float16",
+    tp: int = 1,
+    pp: int = 1,
+    source_endpoint: str | None = None,
+    output_endpoint: str | None = None,
+) -> BuildPlan:
+    options = BuildOptions.model_validate(build or {"maxInputLen": 16, "maxOutputLen": 16, "maxBatchSize": 2})
+    s = resolve_sizes(
+        max_input_len=options.max_input_len, max_output_len=options.max_output_len,
+        max_seq_len=options.max_seq_len, max_batch_size=options.max_batch_size,
+        max_beam_width=options.max_beam_width, max_num_tokens=options.max_num_tokens,
+        opt_num_tokens=options.opt_num_tokens, remove_input_padding=options.remove_input_padding,
+        context_fmha=True, tokens_per_block=options.tokens_per_block,
+        multiple_profiles=options.multiple_profiles,
+    )
+    return BuildPlan(
+        name="default/test",
+        cache_key=cache_key,
+        cache_key_inputs={"test": True},
+        builder_version="test",
+        source=PlanSource(uri=source_uri, format=source_format, endpoint=source_endpoint),  # type: ignore[arg-type]
+        model=ModelOverrides(dtype=dtype) if dtype else None,  # type: ignore[arg-type]
+        parallelism=Parallelism(tensor=tp, pipeline=pp),
+        build=options,
+        sizes=ResolvedSizes(
+            max_input_len=s.max_input_len, max_seq_len=s.max_seq_len, max_batch_size=s.max_batch_size,
+            max_beam_width=s.max_beam_width, max_num_tokens=s.max_num_tokens, opt_num_tokens=s.opt_num_tokens,
+        ),
+        quantization=Quantization(),
+        backend=backend,  # type: ignore[arg-type]
+        target=PlanTarget(compute_capability=compute_capability),
+        output=PlanOutput(uri=output_uri, engine_uri=f"{output_uri.rstrip('/')}/{cache_key}",
+                          endpoint=output_endpoint),
+    )
+
+
+def write_plan(plan: BuildPlan, path: Path) -> Path:
+    path.write_text(plan.model_dump_json(by_alias=True))
+    return path
