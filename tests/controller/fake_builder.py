@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""FAKE builder for controller tests (never shipped): behaves like pitcrew-builder on the outside.
+
+Reads the BuildPlan ($PITCREW_PLAN), writes progress, two small "engine" files and manifest.json
+(last) under the plan's engine URI in S3, and the BuildResult on the termination-message path.
+What it does is chosen by the image tag in plan.builderVersion, e.g. pitcrew.test/fake-builder:MODE:
+  ok          build in about a second (default)
+  sleep-N     report progress, sleep N seconds, then succeed
+  invalid     fail with reason InvalidCheckpoint
+  oom         SIGKILL itself (the local node reports that as OOMKilled, as the kernel would)
+  crash       print a traceback and exit 1 without a result (last words come from the log)
+  badsha      succeed but report a wrong manifest sha256 (verification must catch it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+
+import boto3
+from botocore.config import Config
+
+from pitcrew.api.plan import (
+    CREDENTIAL_ENV,
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    BuildPlan,
+    BuildResult,
+    Manifest,
+    ManifestFile,
+    ProgressReport,
+    Versions,
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def s3(endpoint: str | None) -> object:
+    key_var, secret_var = CREDENTIAL_ENV["output"]
+    creds = {}
+    if os.environ.get(key_var):
+        creds = {"aws_access_key_id": os.environ[key_var], "aws_secret_access_key": os.environ[secret_var]}
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}), **creds,
+    )  # fmt: skip
+
+
+def split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def write_result(result: BuildResult) -> None:
+    path = os.environ.get("PITCREW_TERMINATION_LOG", "/dev/termination-log")
+    with open(path, "w") as f:
+        f.write(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+def main() -> int:
+    with open(os.environ["PITCREW_PLAN"]) as f:
+        plan = BuildPlan.model_validate_json(f.read())
+    mode = plan.builder_version.rsplit(":", 1)[-1] if ":" in plan.builder_version else "ok"
+    print(f"fake builder: {plan.name} key={plan.cache_key[:12]} mode={mode}", flush=True)
+    client = s3(plan.output.endpoint)
+    bucket, prefix = split(plan.output.engine_uri)
+
+    def progress(stage: str, percent: int) -> None:
+        report = ProgressReport(stage=stage, percent=percent, updated_at=now())
+        body = report.model_dump_json(by_alias=True)
+        client.put_object(Bucket=bucket, Key=prefix + PROGRESS_FILE, Body=body)  # type: ignore[attr-defined]
+
+    progress("fetch", 10)
+    if mode == "invalid":
+        write_result(BuildResult(ok=False, cache_key=plan.cache_key, reason="InvalidCheckpoint",
+                                 message="config.json: missing hidden_size (fake)"))  # fmt: skip
+        return 2
+    if mode == "oom":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "crash":
+        print("Traceback (most recent call last):\nRuntimeError: fake builder crashed on purpose", flush=True)
+        return 1
+    progress("compile", 50)
+    time.sleep(int(mode.split("-", 1)[1]) if mode.startswith("sleep-") else 0.5)
+    files = []
+    for name, data in (("config.json", b'{"fake": true}'), ("rank0.engine", os.urandom(4096))):
+        client.put_object(Bucket=bucket, Key=prefix + name, Body=data)  # type: ignore[attr-defined]
+        files.append(ManifestFile(path=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    manifest = Manifest(
+        cache_key=plan.cache_key, cache_key_inputs=plan.cache_key_inputs, backend=plan.backend,
+        compute_capability=plan.target.compute_capability, files=files,
+        versions=Versions(pitcrew="fake", tensorrt_llm="0.0-fake", tensorrt="0.0-fake"), created_at=now(),
+    )  # fmt: skip
+    body = manifest.model_dump_json(by_alias=True, exclude_none=True).encode()
+    client.put_object(Bucket=bucket, Key=prefix + MANIFEST_FILE, Body=body)  # type: ignore[attr-defined]
+    digest = hashlib.sha256(body).hexdigest() if mode != "badsha" else "0" * 64
+    progress("publish", 100)
+    write_result(
+        BuildResult(
+            ok=True, cache_key=plan.cache_key, engine_uri=plan.output.engine_uri,
+            manifest_uri=plan.output.engine_uri + MANIFEST_FILE, manifest_sha256=digest,
+            size_bytes=manifest.size_bytes, file_count=len(files),
+            compute_capability=plan.target.compute_capability, backend=str(plan.backend),
+        )
+    )  # fmt: skip
+    print(json.dumps({"event": "done", "key": plan.cache_key}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
