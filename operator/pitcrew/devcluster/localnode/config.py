@@ -33,9 +33,18 @@ DEFAULT_PASSTHROUGH_ENV = (
 )
 
 
+# A FAKE builder for the controller's tests (tests/controller/fake_builder.py): added by the
+# controller work, coordinated here because tests need it on the shared devcluster. Never a real image.
+FAKE_BUILDER_IMAGE_PREFIX = "pitcrew.test/fake-builder"
+FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parents[4] / "tests" / "controller" / "fake_builder.py"
+
+
 def default_image_rules(venv_bin: str) -> list[dict[str, Any]]:
     """Builder images run the installed `pitcrew-builder`; Python images default to `python3`."""
+    fake = [{"prefix": FAKE_BUILDER_IMAGE_PREFIX,
+             "entrypoint": [os.path.join(venv_bin, "python"), str(FAKE_BUILDER_SCRIPT)]}]
     return [
+        *(fake if FAKE_BUILDER_SCRIPT.exists() else []),
         {"prefix": BUILDER_IMAGE_PREFIX, "entrypoint": [os.path.join(venv_bin, "pitcrew-builder")]},
         {"prefix": "python:", "cmd": ["python3"]},
         {"prefix": "docker.io/library/python:", "cmd": ["python3"]},
