@@ -26,7 +26,7 @@ def main() -> int:
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
-        liveness_endpoint="http://0.0.0.0:8081/healthz",
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
     return 0
 

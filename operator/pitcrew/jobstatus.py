@@ -31,11 +31,14 @@ IMAGE_PULL_ERROR = "ImagePullError"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 UNSCHEDULABLE = "Unschedulable"
 CONFIG_ERROR = "ContainerConfigError"
+START_ERROR = "ContainerStartError"
 BUILDER_ERROR = "BuilderError"
 BAD_RESULT = "BadBuildResult"
 
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+# The runtime could not start the program at all (bad entrypoint, missing executable in the image).
+START_FAILURES = frozenset({"StartError", "RunContainerError", "ContainerCannotRun"})
 LAST_WORDS = 600  # characters of the builder's message kept in status
 
 
@@ -126,6 +129,15 @@ def failed_pod_verdict(pod: Mapping[str, Any], attempts: int) -> Verdict:
             OOM_KILLED,
             "the builder ran out of memory (OOMKilled): raise spec.target.resources.limits.memory"
             + (f"; last words: {last_words(message)}" if message and parse_result(message) is None else ""),
+            attempts,
+            finished_at=finished,
+        )
+    if reason in START_FAILURES:
+        return Verdict(
+            Phase.FAILED,
+            START_ERROR,
+            f"the builder container could not start ({reason}): {last_words(message)}; "
+            "check spec.builderImage or the operator's image settings",
             attempts,
             finished_at=finished,
         )

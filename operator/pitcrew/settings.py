@@ -53,6 +53,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PITCREW_POLL_SECONDS", "10", "Interval of the per-build timer: progress, grace expiry, resync."),
     EnvVar("PITCREW_RETRY_SECONDS", "30", "Delay before retrying a transient error (S3 or API)."),
     EnvVar("PITCREW_METRICS_PORT", "8080", "Port of the Prometheus /metrics endpoint; 0 disables it."),
+    EnvVar("PITCREW_HEALTH_PORT", "8081", "Port of kopf's liveness endpoint /healthz; 0 disables it."),
     EnvVar("PITCREW_RUN_AS_USER", "1000", "runAsUser (and runAsGroup, fsGroup) of builder pods."),
     EnvVar("PITCREW_SCRATCH_SIZE_LIMIT", "", "sizeLimit of the /scratch emptyDir (e.g. 200Gi); empty: none."),
     EnvVar("PITCREW_LOG_FORMAT", "json", "Log format: json (structured) or plain."),
@@ -77,6 +78,7 @@ class Settings:
     poll_seconds: float = 10.0
     retry_seconds: float = 30.0
     metrics_port: int = 8080
+    health_port: int = 8081
     run_as_user: int = 1000
     scratch_size_limit: str | None = None
     log_format: str = "json"
@@ -120,6 +122,7 @@ class Settings:
             poll_seconds=_float(raw, "PITCREW_POLL_SECONDS", minimum=0.1),
             retry_seconds=_float(raw, "PITCREW_RETRY_SECONDS", minimum=0.1),
             metrics_port=_int(raw, "PITCREW_METRICS_PORT", minimum=0, maximum=65535),
+            health_port=_int(raw, "PITCREW_HEALTH_PORT", minimum=0, maximum=65535),
             run_as_user=_int(raw, "PITCREW_RUN_AS_USER", minimum=1),
             scratch_size_limit=raw["PITCREW_SCRATCH_SIZE_LIMIT"] or None,
             log_format=log_format,

@@ -151,3 +151,9 @@ def test_retry_shows_the_previous_failure() -> None:
 def test_long_messages_are_cut_from_the_front() -> None:
     assert jobstatus.last_words("x" * 1000 + "END").endswith("END")
     assert len(jobstatus.last_words("x" * 1000)) <= jobstatus.LAST_WORDS + 1
+
+
+def test_container_that_cannot_start() -> None:
+    p = pod(phase="Failed", state=term(128, "RunContainerError", 'exec: "x": executable file not found'))
+    v = evaluate(job(("Failed", "BackoffLimitExceeded"), failed=1), [p])
+    assert v.reason == jobstatus.START_ERROR and "spec.builderImage" in v.message

@@ -10,7 +10,7 @@ From Python::
     down(tmp)
 """
 
-from .cluster import UpOptions, add_kwok_nodes, down, load, status, up
+from .cluster import UpOptions, add_kwok_nodes, down, load, start_kwok, status, up
 from .errors import DevclusterError
 from .info import ClusterInfo
 from .s3server import S3Info
@@ -25,6 +25,7 @@ __all__ = [
     "default_state_dir",
     "down",
     "load",
+    "start_kwok",
     "status",
     "up",
 ]

@@ -225,7 +225,15 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
 
         if opts.kwok_nodes:
-            names = add_kwok_nodes(client, opts, opts.kwok_nodes)
+            names = add_kwok_nodes(
+                client,
+                opts.kwok_nodes,
+                gpus=opts.gpus,
+                gpu_product=opts.gpu_product,
+                compute_capability=opts.compute_capability,
+                cpu=opts.node_cpu,
+                memory=opts.node_memory,
+            )
             info = dataclasses.replace(info, kwok_nodes=tuple(names))
             readiness.wait(
                 [
@@ -251,16 +259,28 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
     return info
 
 
-def add_kwok_nodes(client: KubeClient, opts: UpOptions, count: int, prefix: str = "kwok-gpu-") -> list[str]:
+def add_kwok_nodes(
+    client: KubeClient,
+    count: int,
+    *,
+    start: int = 0,
+    prefix: str = "kwok-gpu-",
+    gpus: int = 8,
+    gpu_product: str = "NVIDIA-A100-SXM4-80GB",
+    compute_capability: str = "8.0",
+    cpu: str = "32",
+    memory: str = "256Gi",
+) -> list[str]:
+    """Creates fake GPU nodes `<prefix><start>` .. for kwok to manage; returns their names."""
     names = []
-    for i in range(count):
+    for i in range(start, start + count):
         body = kwok.node_manifest(
             f"{prefix}{i}",
-            gpus=opts.gpus,
-            gpu_product=opts.gpu_product,
-            compute_capability=opts.compute_capability,
-            cpu=opts.node_cpu,
-            memory=opts.node_memory,
+            gpus=gpus,
+            gpu_product=gpu_product,
+            compute_capability=compute_capability,
+            cpu=cpu,
+            memory=memory,
         )
         try:
             client.create("/api/v1/nodes", body)
@@ -268,6 +288,57 @@ def add_kwok_nodes(client: KubeClient, opts: UpOptions, count: int, prefix: str 
             if e.status != 409:
                 raise
         names.append(body["metadata"]["name"])
+    return names
+
+
+def start_kwok(
+    count: int,
+    state_dir: Path | None = None,
+    *,
+    gpus: int = 8,
+    gpu_product: str = "NVIDIA-A100-SXM4-80GB",
+    compute_capability: str = "8.0",
+    timeout: float = 60.0,
+    build: bool = True,
+) -> list[str]:
+    """Adds `count` kwok fake GPU nodes to a running devcluster (starting kwok if needed)."""
+    sd = (state_dir or state.default_state_dir()).resolve()
+    with state.locked(sd):
+        st = state.load(sd)
+        if st is None or not st.live() or not st.info:
+            raise DevclusterError(f"no devcluster is running in {sd}", component="kwok")
+        info = ClusterInfo.from_json(st.info)
+        running: Running = []
+        kw = st.proc("kwok")
+        if kw is None or not procs.is_alive(kw):
+            bins = binaries.locate(["kwok"], build=build)
+            argv = kwok.argv(bins, info.kubeconfig, ports.pick_free_ports(1)[0])
+            proc, popen = procs.launch("kwok", argv, sd / "logs" / "kwok.log", cwd=sd)
+            st.procs = [p for p in st.procs if p.name != "kwok"] + [proc]
+            st.save()
+            running.append((proc, popen))
+        client = info.client()
+        names = add_kwok_nodes(
+            client,
+            count,
+            start=len(info.kwok_nodes),
+            gpus=gpus,
+            gpu_product=gpu_product,
+            compute_capability=compute_capability,
+        )
+        readiness.wait(
+            [
+                readiness.Check(
+                    f"{count} kwok nodes",
+                    lambda: all(node_ready(client, n) for n in names),
+                    sd / "logs" / "kwok.log",
+                )
+            ],
+            running,
+            timeout=timeout,
+        )
+        st.info = dataclasses.replace(info, kwok_nodes=(*info.kwok_nodes, *names)).to_json()
+        st.save()
     return names
 
 

@@ -1,0 +1,212 @@
+"""Running the real operator against the devcluster, under the chart's least-privilege RBAC.
+
+The operator is a subprocess (`python -m pitcrew`) logged in with a ServiceAccount token bound to
+the ClusterRole rendered from helm/pitcrew: a verb the code needs but the chart lacks fails a test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pitcrew.devcluster import ClusterInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_NS = "pitcrew-system"
+EB_API = "/apis/pitcrew.dev/v1alpha1"
+FAKE = "pitcrew.test/fake-builder"
+
+sys.path.insert(0, str(ROOT / "hack"))
+from render_rbac import render  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def install(cluster: ClusterInfo) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/enginebuilds.pitcrew.dev", "--timeout=30s")
+    cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
+    cluster.kubectl("apply", "-f", "-", input=render("pitcrew", OPERATOR_NS))
+
+
+def operator_kubeconfig(cluster: ClusterInfo, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", "pitcrew", "-n", OPERATOR_NS, "--duration=6h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "dev",
+                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
+            }
+        ],
+        "users": [{"name": "pitcrew", "user": {"token": token}}],
+        "contexts": [{"name": "pitcrew", "context": {"cluster": "dev", "user": "pitcrew"}}],
+        "current-context": "pitcrew",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Operator:
+    def __init__(self, cluster: ClusterInfo, workdir: Path, **env: str) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.kubeconfig = operator_kubeconfig(cluster, workdir / "operator.kubeconfig")
+        self.metrics_port = free_port()
+        assert cluster.s3 is not None
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG", "PITCREW_"))},
+            "KUBECONFIG": str(self.kubeconfig),
+            "PITCREW_S3_ENDPOINT": cluster.s3.endpoint,
+            "PITCREW_BUILDER_IMAGE": f"{FAKE}:ok",
+            "PITCREW_CHECKPOINT_BUILDER_IMAGE": f"{FAKE}:ok",
+            "PITCREW_POLL_SECONDS": "1",
+            "PITCREW_RETRY_SECONDS": "2",
+            "PITCREW_UNSCHEDULABLE_GRACE_SECONDS": "5",
+            "PITCREW_METRICS_PORT": str(self.metrics_port),
+            "PITCREW_HEALTH_PORT": "0",
+            "PITCREW_LOG_FORMAT": "plain",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "operator.log"
+
+    def start(self) -> Operator:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pitcrew"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.workdir, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.tail()}")
+            if "pitcrew operator starting" in self.log.read_text(errors="replace"):
+                time.sleep(1.0)  # let the watches start
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"operator did not start: {self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def new_namespace(cluster: ClusterInfo, prefix: str = "t") -> str:
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    assert cluster.s3 is not None
+    cluster.kubectl(
+        "-n", ns, "create", "secret", "generic", "s3",
+        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.s3.secret_key}",
+    )  # fmt: skip
+    return ns
+
+
+def engine_build(cluster: ClusterInfo, name: str, ns: str, mode: str = "ok", **spec: Any) -> dict[str, Any]:
+    assert cluster.s3 is not None
+    bucket = cluster.s3.bucket
+    body: dict[str, Any] = {
+        "apiVersion": "pitcrew.dev/v1alpha1",
+        "kind": "EngineBuild",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "source": {
+                "uri": f"s3://{bucket}/ckpt/tiny/",
+                "format": "hf",
+                "credentialsSecretRef": {"name": "s3"},
+            },
+            "target": {"gpuProduct": "NVIDIA-A100-SXM4-80GB"},
+            "output": {"uri": f"s3://{bucket}/engines/{ns}", "credentialsSecretRef": {"name": "s3"}},
+            "builderImage": f"{FAKE}:{mode}",
+        },
+    }
+    for path, value in spec.items():
+        node = body["spec"]
+        parts = path.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return body
+
+
+def apply(cluster: ClusterInfo, body: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+
+def get_eb(cluster: ClusterInfo, ns: str, name: str) -> dict[str, Any] | None:
+    return cluster.client().get_or_none(f"{EB_API}/namespaces/{ns}/enginebuilds/{name}")
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.25,
+    op: Operator | None = None,
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out waiting for {what}; last={last!r}\n--- operator log ---\n{op.tail() if op else ''}"
+    )
+
+
+def wait_phase(
+    cluster: ClusterInfo,
+    ns: str,
+    name: str,
+    phases: set[str],
+    timeout: float = 60,
+    op: Operator | None = None,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        eb = get_eb(cluster, ns, name)
+        return eb if eb and (eb.get("status") or {}).get("phase") in phases else None
+
+    try:
+        result: dict[str, Any] = wait_for(f"{ns}/{name} in {phases}", check, timeout, op=op)
+    except AssertionError as e:
+        eb = get_eb(cluster, ns, name)
+        raise AssertionError(f"{e}\n--- status ---\n{(eb or {}).get('status')}") from None
+    return result
+
+
+def owned(cluster: ClusterInfo, kind: str, ns: str, uid: str) -> list[dict[str, Any]]:
+    path = f"/apis/batch/v1/namespaces/{ns}/jobs" if kind == "jobs" else f"/api/v1/namespaces/{ns}/{kind}"
+    items: list[dict[str, Any]] = cluster.client().get(
+        path, labelSelector=f"pitcrew.dev/enginebuild-uid={uid}"
+    )["items"]
+    return items
