@@ -149,3 +149,26 @@ def test_validator_names_problems(llama: tuple[Path, LlamaForCausalLM], tmp_path
     (ckpt / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="'hidden_size'"):
         convert(ckpt, "trtllm-checkpoint", tmp_path / "out", tp=2, pp=1, dtype="float16")
+
+
+def test_overrides_checked(llama: tuple[Path, LlamaForCausalLM], tmp_path: Path) -> None:
+    with pytest.raises(
+        CheckpointError, match=r"override num_attention_heads=8 contradicts the source checkpoint \(4\)"
+    ):
+        convert(llama[0], "hf", tmp_path / "a", overrides=ModelOverrides(fields={"num_attention_heads": 8}))
+    with pytest.raises(CheckpointError, match="override vocab_size=500 exceeds"):
+        convert(llama[0], "hf", tmp_path / "a", overrides=ModelOverrides(fields={"vocab_size": 500}))
+    with pytest.raises(CheckpointError, match="override field 'colour'"):
+        convert(llama[0], "hf", tmp_path / "a", overrides=ModelOverrides(fields={"colour": 1}))
+    config = convert(
+        llama[0],
+        "hf",
+        tmp_path / "b",
+        quantization="int4",
+        kv_cache="int8",
+        overrides=ModelOverrides(fields={"num_attention_heads": 4, "max_position_embeddings": 128}),
+    )
+    assert config.quantization.quant_algo == "W4A16" and config.quantization.kv_cache_quant_algo == "INT8"
+    assert config.max_position_embeddings == 128
+    with pytest.raises(CheckpointError, match="kv_cache 'int2'"):
+        convert(llama[0], "hf", tmp_path / "a", kv_cache="int2")

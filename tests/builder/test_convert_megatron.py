@@ -166,3 +166,35 @@ def test_torch_dist_args_from_overrides(
     torch.testing.assert_close(
         _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
     )
+
+
+def test_torch_dist_config_from_spec_fields(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    """Without saved args, the facts a build spec states are enough for a LLaMA-style model."""
+    hf = sources["llama"][0]
+    full, args = llama_to_megatron(hf, PADDED)  # type: ignore[arg-type]
+    src = save_megatron_torch_dist(full, args, tmp_path / "src")
+    (src / "common.pt").unlink()
+    fields = {
+        "architecture": "LlamaForCausalLM",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 96,
+        "vocab_size": VOCAB,
+        "norm_epsilon": 1e-6,
+        "max_position_embeddings": 64,
+    }
+    config = convert(
+        src,
+        "megatron",
+        tmp_path / "out",
+        tp=2,
+        pp=1,
+        dtype="float32",
+        overrides=ModelOverrides(fields=fields),
+    )
+    assert config.vocab_size == VOCAB and config.num_key_value_heads == 2
+    torch.testing.assert_close(_logits(tmp_path / "out"), hf_logits(hf, IDS), rtol=1e-4, atol=1e-4)

@@ -59,17 +59,67 @@ class ModelOverrides:
     megatron_args: dict[str, Any] = field(default_factory=dict)
 
 
-def quant_config(quantization: str | None) -> QuantConfig:
-    """Map a build-spec quantization name to TRT-LLM's quant_algo / kv_cache_quant_algo.
+_KV_ALIASES: dict[str, str | None] = {"none": None, "fp8": "FP8", "int8": "INT8"}
 
-    Weight-only int8/int4 keep float weights: TRT-LLM quantizes them at build time. FP8 only
-    marks the config; real FP8 needs calibrated scales from TRT-LLM's quantize (ModelOpt) path.
+
+def quant_config(quantization: str | None, kv_cache: str | None = None) -> QuantConfig:
+    """Map build-spec quantization names to TRT-LLM's quant_algo / kv_cache_quant_algo.
+
+    ``kv_cache`` None means "the default for the weights" (FP8 with fp8 weights, else none);
+    "none", "fp8" or "int8" set it explicitly. Weight-only int8/int4 keep float weights: TRT-LLM
+    quantizes them at build time. FP8 only marks the config: real FP8 engines need calibrated
+    scales from TRT-LLM's quantize (ModelOpt) path, which this converter does not run.
     """
     key = (quantization or "none").lower()
     if key not in _QUANT_ALIASES:
         raise CheckpointError(f"quantization {quantization!r} is not one of {sorted(_QUANT_ALIASES)}")
     algo, kv = _QUANT_ALIASES[key]
+    if kv_cache is not None:
+        if kv_cache.lower() not in _KV_ALIASES:
+            raise CheckpointError(f"kv_cache {kv_cache!r} is not one of {sorted(_KV_ALIASES)}")
+        kv = _KV_ALIASES[kv_cache.lower()]
     return QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv)
+
+
+# Fields that describe the weights' shapes: an override may only confirm them (Megatron excepted,
+# where they are translated into training args before the weights are read).
+_STRUCTURAL = (
+    "architecture",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_size",
+    "intermediate_size",
+)
+_ARCH_ALIASES = {"GPT2LMHeadModel": "GPTForCausalLM"}
+
+
+def megatron_args_from_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Megatron training args implied by structural config overrides (spec facts)."""
+    out: dict[str, Any] = {}
+    simple = {
+        "hidden_size": "hidden_size",
+        "num_hidden_layers": "num_layers",
+        "num_attention_heads": "num_attention_heads",
+        "head_size": "kv_channels",
+        "intermediate_size": "ffn_hidden_size",
+        "max_position_embeddings": "max_position_embeddings",
+        "rotary_base": "rotary_base",
+        "norm_epsilon": "norm_epsilon",
+    }
+    for name, arg in simple.items():
+        if fields.get(name) is not None:
+            out[arg] = fields[name]
+    if fields.get("num_key_value_heads") is not None:
+        out["group_query_attention"] = True
+        out["num_query_groups"] = fields["num_key_value_heads"]
+    arch = _ARCH_ALIASES.get(str(fields.get("architecture")), fields.get("architecture"))
+    if arch in ("LlamaForCausalLM", "MistralForCausalLM"):
+        out.update(normalization="RMSNorm", swiglu=True, position_embedding_type="rope")
+    elif arch == "GPTForCausalLM":
+        out.setdefault("normalization", "LayerNorm")
+    return out
 
 
 def output_config(
@@ -96,6 +146,16 @@ def output_config(
     for key, value in (overrides.fields if overrides else {}).items():
         if key not in known:
             raise CheckpointError(f"override field {key!r} is not a checkpoint config field")
+        if key == "architecture":
+            value = _ARCH_ALIASES.get(value, value)
+        if key in _STRUCTURAL and value != getattr(source, key):
+            raise CheckpointError(
+                f"override {key}={value!r} contradicts the source checkpoint ({getattr(source, key)!r})"
+            )
+        if key == "vocab_size" and value > source.vocab_size:
+            raise CheckpointError(
+                f"override vocab_size={value} exceeds the source's {source.vocab_size} embedding rows"
+            )
         setattr(config, key, value)
     if tp < 1 or pp < 1:
         raise CheckpointError(f"tp={tp} and pp={pp} must be at least 1")
@@ -113,7 +173,9 @@ def _open_source(
     if source_format == "megatron":
         from pitcrew_builder.convert.megatron import open_megatron
 
-        return open_megatron(source_dir, overrides.megatron_args if overrides else None)
+        args = megatron_args_from_fields(overrides.fields) if overrides else {}
+        args.update(overrides.megatron_args if overrides else {})
+        return open_megatron(source_dir, args or None)
     if source_format == "trtllm-checkpoint":
         from pitcrew_builder.convert.trtllm import TrtllmSource
 
@@ -155,6 +217,7 @@ def convert(
     dtype: str = "float16",
     overrides: ModelOverrides | None = None,
     quantization: str | None = None,
+    kv_cache: str | None = None,
     progress: ProgressFn | None = None,
 ) -> CheckpointConfig:
     """Convert a model to a TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``).
@@ -164,7 +227,10 @@ def convert(
     ``latest_checkpointed_iteration.txt``) or ``trtllm-checkpoint`` (validated, then copied or
     re-sharded). ``tp``/``pp`` are the output layout, independent of the source's sharding.
     ``dtype``: float16, bfloat16, float32 or ``auto`` (the source's). ``quantization``: None,
-    ``int8``/``w8a16``, ``int4``/``w4a16`` or ``fp8`` (see ``quant_config``).
+    ``int8``/``w8a16``, ``int4``/``w4a16`` or ``fp8``; ``kv_cache``: None (default for the
+    weights), ``none``, ``fp8`` or ``int8`` (see ``quant_config``). ``overrides.fields`` may
+    correct non-structural config fields and confirm structural ones (for Megatron they become
+    training args, which the saved args lack in some torch_dist checkpoints).
     ``progress(message, fraction)`` is called with fractions rising from 0.0 to 1.0.
     Raises CheckpointError (a ValueError) naming the offending tensor or field.
     Returns the config written to ``out_dir/config.json``.
@@ -174,7 +240,7 @@ def convert(
         raise CheckpointError(f"source directory {source_dir} does not exist")
     if source_dir.resolve() == out_dir.resolve():
         raise CheckpointError("out_dir must differ from source_dir")
-    quant = quant_config(quantization)
+    quant = quant_config(quantization, kv_cache)
     if source_format == "trtllm-checkpoint":
         done = _pass_through(
             source_dir,

@@ -51,6 +51,15 @@ class MegatronSource(ModelSource):
         reader.args = {**reader.args, **overrides}
         if isinstance(reader, LegacyReader):
             reader.swiglu = bool(reader.args.get("swiglu", False))
+        # Args some checkpoints (or spec-only configs) leave out: read them off the weights.
+        if "add_bias_linear" not in reader.args:
+            reader.args["add_bias_linear"] = (
+                reader.get("decoder.layers.0.self_attention.linear_proj.bias") is not None
+            )
+        if "add_qkv_bias" not in reader.args:
+            reader.args["add_qkv_bias"] = (
+                reader.get("decoder.layers.0.self_attention.linear_qkv.bias") is not None
+            )
         self._emb_name = "embedding.word_embeddings.weight"
         emb = reader.get(self._emb_name)
         if emb is None:
