@@ -24,6 +24,15 @@ from .procs import Proc
 
 Running = list[tuple[Proc, subprocess.Popen[bytes] | None]]
 
+# Stopped stage by stage: the local node first (on SIGTERM it stops its pods), then the API
+# server's clients, then the API server while etcd still answers (else it hangs in shutdown).
+STOP_ORDER = (
+    ("localnode",),
+    ("kwok", "kube-controller-manager", "kube-scheduler", "minio"),
+    ("kube-apiserver",),
+    ("etcd",),
+)
+
 
 def _stderr(msg: str) -> None:
     print(f"devcluster: {msg}", file=sys.stderr, flush=True)
@@ -251,7 +260,8 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         st.save()
     except BaseException:
         # Never leave half a cluster behind: stop what we started, keep the logs.
-        procs.stop_all(list(reversed(st.procs)), grace=3)
+        for stage in STOP_ORDER:
+            procs.stop_all([pr for pr in st.procs if pr.name in stage], grace=3)
         kill_pod_processes(sd)
         st.path.unlink(missing_ok=True)
         raise
@@ -287,6 +297,11 @@ def add_kwok_nodes(
         except ApiError as e:
             if e.status != 409:
                 raise
+        # Admission adds the not-ready taint to new nodes and no node lifecycle controller runs to
+        # lift it: set the taints to just ours (kwok marks the node Ready itself).
+        client.patch(
+            f"/api/v1/nodes/{body['metadata']['name']}", {"spec": {"taints": body["spec"]["taints"]}}
+        )
         names.append(body["metadata"]["name"])
     return names
 
@@ -372,10 +387,11 @@ def down(state_dir: Path | None = None, *, purge: bool = False, say: Callable[[s
         st = state.load(sd)
         was_running = bool(st and st.live())
         if st is not None:
-            # The local node first: on SIGTERM it stops its pods' process groups.
-            order = sorted(st.procs, key=lambda pr: pr.name != "localnode")
-            procs.stop_all(order[:1], grace=10)
-            killed = procs.stop_all(order[1:], grace=10)
+            killed = []
+            for stage in STOP_ORDER:
+                group = [pr for pr in st.procs if pr.name in stage]
+                killed += procs.stop_all(group, grace=10)
+            killed += procs.stop_all([pr for pr in st.procs if not any(pr.name in s for s in STOP_ORDER)])
             if killed:
                 say(f"had to SIGKILL: {', '.join(killed)}")
             st.path.unlink(missing_ok=True)

@@ -69,6 +69,8 @@ class KubeClient:
             s.headers["Authorization"] = f"Bearer {self._token}"
             s.headers["Accept"] = "application/json"
             s.verify = self._verify
+            # Ignore REQUESTS_CA_BUNDLE & co (they would override our CA) and proxies (loopback only).
+            s.trust_env = False
             self._local.session = s
         return s
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DevclusterError
+from .errors import DevclusterError, tail
 from .procs import Proc, exited_error
 
 
@@ -49,8 +49,11 @@ def wait(
         if time.monotonic() - start > timeout:
             first = pending[0]
             names = ", ".join(c.component for c in pending)
+            last = tail(first.log, 5) if first.log else ""
+            detail = "".join(f"\n    {ln[:300]}" for ln in last.splitlines())
             raise DevclusterError(
-                f"not ready after {timeout:.0f} s (waiting for: {names})",
+                f"not ready after {timeout:.0f} s (waiting for: {names})"
+                + (f"; last log lines:{detail}\n " if detail else ""),
                 component=first.component,
                 log=first.log,
             )

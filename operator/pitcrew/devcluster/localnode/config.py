@@ -41,8 +41,12 @@ FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parents[4] / "tests" / "controlle
 
 def default_image_rules(venv_bin: str) -> list[dict[str, Any]]:
     """Builder images run the installed `pitcrew-builder`; Python images default to `python3`."""
-    fake = [{"prefix": FAKE_BUILDER_IMAGE_PREFIX,
-             "entrypoint": [os.path.join(venv_bin, "python"), str(FAKE_BUILDER_SCRIPT)]}]
+    fake = [
+        {
+            "prefix": FAKE_BUILDER_IMAGE_PREFIX,
+            "entrypoint": [os.path.join(venv_bin, "python"), str(FAKE_BUILDER_SCRIPT)],
+        }
+    ]
     return [
         *(fake if FAKE_BUILDER_SCRIPT.exists() else []),
         {"prefix": BUILDER_IMAGE_PREFIX, "entrypoint": [os.path.join(venv_bin, "pitcrew-builder")]},

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 LEASE_NS = "kube-node-lease"
+CONDITION_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 VERSION = "v0.1.0-pitcrew-localnode"
 
 
@@ -127,7 +128,16 @@ class NodeAgent:
             node = self.client.patch(f"/api/v1/nodes/{self.cfg.node_name}", {"metadata": body["metadata"]})
         self.uid = node["metadata"]["uid"]
         self._post_status()
+        self._untaint(node)
         self._renew_lease()
+
+    def _untaint(self, node: Obj) -> None:
+        # The TaintNodesByCondition admission plugin taints every new node not-ready; the node
+        # lifecycle controller (not run here) would lift it once the node is Ready, so we do.
+        taints = node.get("spec", {}).get("taints") or []
+        keep = [t for t in taints if t.get("key") not in CONDITION_TAINTS]
+        if len(keep) != len(taints):
+            self.client.patch(f"/api/v1/nodes/{self.cfg.node_name}", {"spec": {"taints": keep or None}})
 
     def _post_status(self, ready: bool = True) -> None:
         self.client.patch(

@@ -1,0 +1,265 @@
+"""Integration tests of the devcluster: real control plane, Jobs run by the local node, GC, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from pitcrew.devcluster import ClusterInfo, DevclusterError, UpOptions, up
+from pitcrew.devcluster import kwok as kwok_mod
+from pitcrew.devcluster.procs import alive
+
+pytestmark = pytest.mark.cluster
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def ns(cluster: ClusterInfo) -> Any:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def job(name: str, code: str, *, restart: str = "Never", backoff: int = 0, **container: Any) -> Obj:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": backoff,
+            "template": {
+                "spec": {
+                    "restartPolicy": restart,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "python:3.11",
+                            "command": ["python", "-c", code],
+                            **container,
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+def apply(cluster: ClusterInfo, ns: str, *objs: Obj) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def job_condition(cluster: ClusterInfo, ns: str, name: str) -> str | None:
+    j = cluster.client().get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+    for c in j.get("status", {}).get("conditions", []):
+        if c["type"] in ("Complete", "Failed") and c["status"] == "True":
+            return str(c["type"])
+    return None
+
+
+def job_pods(cluster: ClusterInfo, ns: str, name: str) -> list[Obj]:
+    items: list[Obj] = cluster.client().get(
+        f"/api/v1/namespaces/{ns}/pods", labelSelector=f"job-name={name}"
+    )["items"]
+    return items
+
+
+def terminated(pod: Obj) -> Obj:
+    state: Obj = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    return state
+
+
+def test_kubectl_and_node(cluster: ClusterInfo) -> None:
+    names = cluster.kubectl("get", "ns", "-o", "name").stdout.split()
+    assert "namespace/kube-system" in names
+    node = cluster.kubectl_json("get", "node", cluster.node_name)
+    labels = node["metadata"]["labels"]
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
+    assert labels["pitcrew.dev/compute-capability"] == "8.0"
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready[0]["status"] == "True"
+    lease = cluster.kubectl_json("get", "lease", "-n", "kube-node-lease", cluster.node_name)
+    assert lease["spec"]["holderIdentity"] == cluster.node_name
+
+
+def test_jobs_report_exit_code_and_termination_message(cluster: ClusterInfo, ns: str) -> None:
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hello from a configmap", "spec.yaml": "model: tiny\n"},
+    }
+    ok_code = (
+        "import os, pathlib\n"
+        "spec = pathlib.Path('/etc/pitcrew/spec.yaml').read_text().strip()\n"
+        "msg = os.environ['GREETING'] + ' | ' + spec + ' | ' + os.environ['POD']\n"
+        "open('/dev/termination-log', 'w').write(msg)\n"
+    )
+    ok = job(
+        "ok",
+        ok_code,
+        env=[
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        volumeMounts=[{"name": "spec", "mountPath": "/etc/pitcrew"}],
+    )
+    ok["spec"]["template"]["spec"]["volumes"] = [{"name": "spec", "configMap": {"name": "settings"}}]
+    bad = job(
+        "bad", "import sys\nopen('/dev/termination-log', 'w').write('failed on purpose')\nsys.exit(3)\n"
+    )
+    apply(cluster, ns, cm, ok, bad)
+
+    assert wait_for("job ok to finish", lambda: job_condition(cluster, ns, "ok")) == "Complete"
+    assert wait_for("job bad to finish", lambda: job_condition(cluster, ns, "bad")) == "Failed"
+
+    (pod,) = job_pods(cluster, ns, "ok")
+    assert pod["status"]["phase"] == "Succeeded"
+    t = terminated(pod)
+    assert (t["exitCode"], t["reason"]) == (0, "Completed")
+    assert t["message"] == f"hello from a configmap | model: tiny | {ns}"
+
+    (pod,) = job_pods(cluster, ns, "bad")
+    assert pod["status"]["phase"] == "Failed"
+    t = terminated(pod)
+    assert (t["exitCode"], t["reason"], t["message"]) == (3, "Error", "failed on purpose")
+    conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conds["PodScheduled"] == "True" and conds["Initialized"] == "True" and conds["Ready"] == "False"
+
+
+def test_fallback_to_logs_and_restart_on_failure(cluster: ClusterInfo, ns: str) -> None:
+    logs = job(
+        "logs",
+        "print('line one'); print('the real error'); raise SystemExit(7)",
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    # Fails on the first run, succeeds on the restart (the emptyDir survives container restarts).
+    flaky_code = (
+        "import os, sys\n"
+        "marker = os.path.join(os.environ['PITCREW_VOLUME_SCRATCH'], 'ran-once')\n"
+        "if not os.path.exists('/scratch/ran-once'):\n"
+        "    open('/scratch/ran-once', 'w').close(); sys.exit(1)\n"
+        "assert os.path.exists(marker)\n"
+    )
+    flaky = job(
+        "flaky",
+        flaky_code,
+        restart="OnFailure",
+        backoff=3,
+        volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+    )
+    flaky["spec"]["template"]["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    apply(cluster, ns, logs, flaky)
+
+    assert wait_for("job logs", lambda: job_condition(cluster, ns, "logs")) == "Failed"
+    t = terminated(job_pods(cluster, ns, "logs")[0])
+    assert t["exitCode"] == 7
+    assert "the real error" in t["message"]
+
+    assert wait_for("job flaky", lambda: job_condition(cluster, ns, "flaky")) == "Complete"
+    (pod,) = job_pods(cluster, ns, "flaky")
+    status = pod["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+
+
+def test_job_deletion_garbage_collects_and_kills_pods(cluster: ClusterInfo, ns: str) -> None:
+    code = (
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"
+    )
+    apply(cluster, ns, job("sleeper", code))
+
+    def running_pod() -> Obj | None:
+        pods = job_pods(cluster, ns, "sleeper")
+        return pods[0] if pods and pods[0].get("status", {}).get("phase") == "Running" else None
+
+    pod = wait_for("the sleeper pod to run", running_pod)
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("localnode://"))
+    assert alive(pid)
+
+    cluster.kubectl("delete", "job", "sleeper", "-n", ns, "--cascade=background", "--wait=false")
+    wait_for(
+        "the job's pods to be garbage-collected", lambda: not job_pods(cluster, ns, "sleeper"), timeout=60
+    )
+    wait_for("the pod's process to exit", lambda: not alive(pid), timeout=10)
+
+
+def test_pod_deadline(cluster: ClusterInfo, ns: str) -> None:
+    slow = job("slow", "import time; time.sleep(600)")
+    slow["spec"]["template"]["spec"]["activeDeadlineSeconds"] = 2
+    slow["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+    apply(cluster, ns, slow)
+    assert wait_for("job slow", lambda: job_condition(cluster, ns, "slow")) == "Failed"
+    pod = wait_for(
+        "pod terminal",
+        lambda: [p for p in job_pods(cluster, ns, "slow") if p["status"].get("phase") == "Failed"],
+    )[0]
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+
+
+def test_s3_bucket(cluster: ClusterInfo) -> None:
+    assert cluster.s3 is not None
+    s3 = cluster.s3_client()
+    s3.put_object(Bucket=cluster.s3.bucket, Key="probe/hello.txt", Body=b"hi")
+    assert s3.get_object(Bucket=cluster.s3.bucket, Key="probe/hello.txt")["Body"].read() == b"hi"
+    env = cluster.env()
+    assert env["AWS_ENDPOINT_URL_S3"] == env["PITCREW_S3_ENDPOINT"] == cluster.s3.endpoint
+    assert env["PITCREW_S3_BUCKET"] == "pitcrew"
+
+
+def test_second_up_is_refused(cluster: ClusterInfo) -> None:
+    start = time.monotonic()
+    with pytest.raises(DevclusterError, match="already running"):
+        up(UpOptions(state_dir=cluster.state_dir, build=False))
+    assert time.monotonic() - start < 5
+
+
+def test_port_in_use_is_reported(tmp_path: Path, cluster: ClusterInfo) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(
+            DevclusterError, match=rf"kube-apiserver: port 127.0.0.1:{port} is already in use"
+        ):
+            up(UpOptions(state_dir=tmp_path / "second", apiserver_port=port, build=False))
+    assert not (tmp_path / "second" / "state.json").exists()
+
+
+@pytest.mark.skipif(os.environ.get("PITCREW_SKIP_KWOK") == "1", reason="PITCREW_SKIP_KWOK=1")
+def test_kwok_fake_nodes_complete_job_pods(
+    cluster: ClusterInfo, ns: str, fake_gpu_nodes: Callable[[int], list[str]]
+) -> None:
+    names = fake_gpu_nodes(2)
+    assert len(names) == 2
+    fake = job("fake", "raise SystemExit(1)")  # never runs: kwok only pretends
+    spec = fake["spec"]["template"]["spec"]
+    spec["nodeSelector"] = {kwok_mod.LABEL: kwok_mod.LABEL_VALUE}
+    spec["tolerations"] = [kwok_mod.TOLERATION]
+    apply(cluster, ns, fake)
+    assert wait_for("job fake", lambda: job_condition(cluster, ns, "fake")) == "Complete"
+    (pod,) = job_pods(cluster, ns, "fake")
+    assert pod["spec"]["nodeName"] in names
