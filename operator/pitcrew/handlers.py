@@ -120,7 +120,7 @@ async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
 
 @kopf.on.event(*EB)
-def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
+async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
     uid = body["metadata"]["uid"]
     if type == "DELETED":
         metrics.STATE.forget(uid)
@@ -141,7 +141,7 @@ def _owner(body: kopf.Body) -> tuple[str, str, str] | None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
-def job_event(type: str, body: kopf.Body, **_: Any) -> None:
+async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
     owner = _owner(body)
     if owner is None:
         return
@@ -165,7 +165,7 @@ def job_event(type: str, body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS)
-def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
+async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
     owner = _owner(body)
     if owner is None:
         return
