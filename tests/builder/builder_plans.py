@@ -25,7 +25,8 @@ def make_plan(
     source_endpoint: str | None = None,
     output_endpoint: str | None = None,
 ) -> BuildPlan:
-    options = BuildOptions.model_validate(build or {"maxInputLen": 16, "maxOutputLen": 16, "maxBatchSize": 2})
+    defaults = {"maxInputLen": 16, "maxOutputLen": 16, "maxBatchSize": 2}
+    options = BuildOptions.model_validate(defaults if build is None else build)
     s = resolve_sizes(
         max_input_len=options.max_input_len, max_output_len=options.max_output_len,
         max_seq_len=options.max_seq_len, max_batch_size=options.max_batch_size,

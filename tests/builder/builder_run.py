@@ -43,7 +43,11 @@ def builder_argv(plan: Path, work: Path, term: Path) -> list[str]:
 
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PITCREW_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "builder_image"), str(REPO / "operator")])
+    extra = dict(extra)
+    # PYTHONPATH_EXTRA: directories put first on the path (e.g. the TensorRT-LLM contract double).
+    first = [p for p in extra.pop("PYTHONPATH_EXTRA", "").split(os.pathsep) if p]
+    extra.pop("PYTHONPATH_PREPEND", None)
+    env["PYTHONPATH"] = os.pathsep.join([*first, str(REPO / "builder_image"), str(REPO / "operator")])
     env.update(extra)
     return env
 
