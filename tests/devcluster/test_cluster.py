@@ -67,7 +67,14 @@ def job(name: str, code: str, *, restart: str = "Never", backoff: int = 0, **con
 
 
 def apply(cluster: ClusterInfo, ns: str, *objs: Obj) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+    cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}),
+    )
 
 
 def job_condition(cluster: ClusterInfo, ns: str, name: str) -> str | None:

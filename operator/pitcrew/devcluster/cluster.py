@@ -209,7 +209,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg), indent=2))
         start("localnode", [sys.executable, "-m", "pitcrew.devcluster.localnode", "--config", str(node_cfg)])
         if opts.kwok_nodes:
-            start("kwok", kwok.argv(bins, kcfg, kwok_port))
+            start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok")))
         client = info.client()
         checks = [
             readiness.Check(
@@ -327,7 +327,9 @@ def start_kwok(
         kw = st.proc("kwok")
         if kw is None or not procs.is_alive(kw):
             bins = binaries.locate(["kwok"], build=build)
-            argv = kwok.argv(bins, info.kubeconfig, ports.pick_free_ports(1)[0])
+            argv = kwok.argv(
+                bins, info.kubeconfig, ports.pick_free_ports(1)[0], kwok.write_config(sd / "kwok")
+            )
             proc, popen = procs.launch("kwok", argv, sd / "logs" / "kwok.log", cwd=sd)
             st.procs = [p for p in st.procs if p.name != "kwok"] + [proc]
             st.save()

@@ -14,6 +14,15 @@ from .kubeapi import KubeClient
 from .s3server import S3Info
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl run whose message includes kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return (
+            f"{' '.join(map(str, self.cmd[1:]))} exited with {self.returncode}: {(self.stderr or '').strip()}"
+        )
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     state_dir: Path
@@ -81,9 +90,7 @@ class ClusterInfo:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, proc.args, proc.stdout, f"kubectl {' '.join(args)}: {proc.stderr}"
-            )
+            raise KubectlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
     def kubectl_json(self, *args: str, timeout: float = 60) -> Any:

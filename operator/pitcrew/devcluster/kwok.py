@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import Binaries
+from .kwok_stages import STAGES
 from .ports import LOOPBACK
 
 ANNOTATION = "kwok.x-k8s.io/node"
@@ -20,9 +21,18 @@ TAINT = {"key": ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 TOLERATION = {"key": ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}
 
 
-def argv(bins: Binaries, kubeconfig: Path, port: int) -> list[str]:
+def write_config(directory: Path) -> Path:
+    """kwok's stages (see kwok_stages) as the -c file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "stages.yaml"
+    path.write_text(STAGES)
+    return path
+
+
+def argv(bins: Binaries, kubeconfig: Path, port: int, config: Path) -> list[str]:
     return [
         str(bins.path("kwok")),
+        f"--config={config}",
         f"--kubeconfig={kubeconfig}",
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
