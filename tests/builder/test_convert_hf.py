@@ -31,7 +31,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pr
 
 def _logits(ckpt: Path) -> torch.Tensor:
     with torch.no_grad():
-        return ReferenceModel.from_checkpoint(ckpt)(IDS)
+        logits: torch.Tensor = ReferenceModel.from_checkpoint(ckpt)(IDS)
+    return logits
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PreTrai
 
 def _logits(ckpt: Path) -> torch.Tensor:
     with torch.no_grad():
-        return ReferenceModel.from_checkpoint(ckpt)(IDS)
+        logits: torch.Tensor = ReferenceModel.from_checkpoint(ckpt)(IDS)
+    return logits
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -34,7 +34,8 @@ def _init(model: PreTrainedModel) -> PreTrainedModel:
         for name, p in model.named_parameters():
             if "norm" in name or "ln_" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    torch.nn.Module.eval(model)
+    return model
 
 
 def make_llama(path: Path, *, kv_heads: int = 2, seed: int = 0) -> LlamaForCausalLM:
@@ -47,7 +48,6 @@ def make_llama(path: Path, *, kv_heads: int = 2, seed: int = 0) -> LlamaForCausa
         num_attention_heads=4,
         num_key_value_heads=kv_heads,
         max_position_embeddings=64,
-        rope_theta=10000.0,
         tie_word_embeddings=False,
     )
     model = _init(LlamaForCausalLM(cfg))
@@ -103,7 +103,7 @@ def llama_to_megatron(
     """Full (tp=1) Megatron-core state dict of a LLaMA model with Transformer Engine norm names."""
     sd = model.state_dict()
     cfg = model.config
-    groups = cfg.num_key_value_heads
+    groups = int(cfg.num_key_value_heads or cfg.num_attention_heads)
     out: dict[str, torch.Tensor] = {}
     for i in range(cfg.num_hidden_layers):
         h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
@@ -264,7 +264,7 @@ def save_megatron_torch_dist(
     else:
         sd = dict(full)
     path.mkdir(parents=True)
-    dcp.save(sd, storage_writer=FileSystemWriter(str(path)), no_dist=True)
+    dcp_save(sd, storage_writer=FileSystemWriter(str(path)), no_dist=True)
     torch.save({"args": _namespace(args, 1, 1), "iteration": 10}, path / "common.pt")
     (path / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
     return path

@@ -40,7 +40,17 @@ class TensorStore:
     def __init__(self, model_dir: Path) -> None:
         self._files: dict[str, Path] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}
-        st_files = sorted(model_dir.glob("*.safetensors"))
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            # The index names the shard files; other *.safetensors (e.g. Mistral's
+            # consolidated.safetensors, a second copy in another layout) are ignored.
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            st_files = sorted({model_dir / f for f in weight_map.values()})
+            for path in st_files:
+                if not path.is_file():
+                    raise CheckpointError(f"{index.name} names {path.name}, which is missing")
+        else:
+            st_files = sorted(model_dir.glob("*.safetensors"))
         if st_files:
             for path in st_files:
                 with safe_open(str(path), framework="pt") as f:
