@@ -12,7 +12,7 @@ from tiny_models import VOCAB, hf_logits, make_gpt2, make_llama, make_qwen2
 from transformers import PreTrainedModel
 
 from pitcrew_builder.checkpoint import read_config, validate_checkpoint
-from pitcrew_builder.convert import convert
+from pitcrew_builder.convert import ModelOverrides, convert
 from pitcrew_builder.convert.trtllm import load_full_weights
 from pitcrew_builder.model.reference import ReferenceModel
 
@@ -154,3 +154,16 @@ def test_trtllm_checkpoint_resharded_and_passed_through(
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_parallel_embedding(
+    models: dict[str, tuple[Path, PreTrainedModel]], tmp_path: Path, dim: int
+) -> None:
+    src, model = models["gpt2"]
+    fields = {"use_parallel_embedding": True, "embedding_sharding_dim": dim}
+    convert(src, "hf", tmp_path, tp=2, pp=1, dtype="float32", overrides=ModelOverrides(fields=fields))
+    with safe_open(str(tmp_path / "rank1.safetensors"), framework="pt") as f:
+        shape = tuple(f.get_slice("transformer.vocab_embedding.weight").get_shape())
+    assert shape == ((51, 64) if dim == 0 else (VOCAB, 32))  # vocab 101 padded to 102 when split by rows
+    torch.testing.assert_close(_logits(tmp_path), hf_logits(model, IDS), rtol=1e-4, atol=1e-4)

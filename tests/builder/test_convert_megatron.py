@@ -199,3 +199,25 @@ def test_torch_dist_config_from_spec_fields(
     )
     assert config.vocab_size == VOCAB and config.num_key_value_heads == 2
     torch.testing.assert_close(_logits(tmp_path / "out"), hf_logits(hf, IDS), rtol=1e-4, atol=1e-4)
+
+
+def test_gpt_with_transformer_engine_norm_names(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    hf = sources["gpt2"][0]
+    full, args = gpt2_to_megatron(hf, PADDED)  # type: ignore[arg-type]
+    te_names = {
+        "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+        "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+    }
+    renamed: Full = {}
+    for name, t in full.items():
+        for old, new in te_names.items():
+            name = name.replace(old, new)
+        renamed[name] = t
+    assert "decoder.layers.0.mlp.linear_fc1.layer_norm_bias" in renamed
+    src = save_megatron_legacy(renamed, args, tmp_path / "src", tp=2, pp=2)
+    convert(src, "megatron", tmp_path / "out", tp=2, pp=1, dtype="float32")
+    torch.testing.assert_close(
+        _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
+    )

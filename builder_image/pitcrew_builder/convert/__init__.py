@@ -1,7 +1,28 @@
-"""Conversion stage: any supported checkpoint -> TensorRT-LLM checkpoint.
+"""Conversion stage: a supported checkpoint -> a TensorRT-LLM checkpoint.
 
-Public API: ``convert``, ``ModelOverrides``, ``ProgressFn``, ``quant_config`` and the
-``CheckpointError`` raised for unusable inputs.
+Public API (see ``convert`` for the details)::
+
+    convert(source_dir, source_format, out_dir, *, tp=1, pp=1, dtype="float16", overrides=None,
+            quantization=None, kv_cache=None, progress=None) -> CheckpointConfig
+
+``source_format`` is ``"hf"``, ``"megatron"`` or ``"trtllm-checkpoint"``; every failure caused by
+the input raises ``CheckpointError`` (a ``ValueError``) whose message names the tensor or field.
+``progress(message, fraction)`` receives fractions rising from 0.0 to 1.0 (``ProgressFn``).
+
+How it works: a source reader (``hf``, ``megatron``, ``trtllm``) yields the model's canonical
+full tensors one layer at a time (``source.ModelSource``); ``writer`` splits each layer for every
+TP rank (``sharding``) and streams the pieces into pre-declared ``rank{N}.safetensors`` files
+(``safetensors_stream``), so peak memory is about one layer plus one rank's shard, however large
+the model or the TP/PP. ``config.json`` is written last: its presence marks a complete checkpoint.
+
+Megatron model config comes from the saved training ``args`` (legacy rank files, or ``common.pt``
+of a torch_dist checkpoint); structural facts in ``ModelOverrides.fields`` and explicit
+``ModelOverrides.megatron_args`` take precedence, and bias flags missing from the args are read
+off the weights.
+
+Quantization: int8/int4 weight-only keep float weights and set ``quant_algo`` W8A16/W4A16 (TRT-LLM
+quantizes at build time). ``fp8`` sets ``quant_algo``/``kv_cache_quant_algo`` FP8 only; the scales
+real FP8 engines need come from TRT-LLM's quantize (ModelOpt calibration) path, not from here.
 """
 
 from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError
