@@ -6,6 +6,7 @@ server-side label selector (only ours), and their events feed the trimmed views 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -46,11 +47,14 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     metrics.serve(RT.settings.metrics_port)
+    RT.poller = asyncio.get_running_loop().create_task(poller())
     log.info("pitcrew operator starting", extra={"settings": RT.settings.describe()})
 
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
+    if RT.poller is not None:
+        RT.poller.cancel()
     await RT.kube.close()
 
 
@@ -94,17 +98,18 @@ async def on_delete(body: kopf.Body, **_: Any) -> None:
     await reconcile.delete_artifacts(body)
 
 
-def _in_flight(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL or status.get("observedGeneration") != meta.get("generation")
+def _in_flight(body: kopf.Body) -> bool:
+    status = body.get("status") or {}
+    return status.get("phase") not in TERMINAL or status.get("observedGeneration") != body["metadata"].get(
+        "generation"
+    )
 
 
-@kopf.timer(
-    *EB, id="poll", interval=RT.settings.poll_seconds, initial_delay=RT.settings.poll_seconds, when=_in_flight
-)
-async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def poll_one(uid: str, ns: str, name: str) -> None:
     """Safety net: progress, unschedulable grace expiry, a Job that vanished, missed events."""
-    meta = body["metadata"]
-    uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
+    body = await RT.kube.get(reconcile.eb_path(ns, name))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
     status = body.get("status") or {}
     job_name = (status.get("job") or {}).get("name")
     if (
@@ -114,9 +119,27 @@ async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         and await RT.kube.get(reconcile.jobs_path(ns, job_name)) is None
     ):
         log.warning("builder Job vanished; recreating", extra={"eb": f"{ns}/{name}", "job": job_name})
-        await reconcile.reconcile(body, patch, "timer")
+        patch = kopf.Patch()
+        try:
+            await reconcile.reconcile(body, patch, "poll")
+        finally:
+            if patch.get("status"):
+                await RT.kube.merge_patch(
+                    reconcile.eb_path(ns, name) + "/status", {"status": patch["status"]}
+                )
         return
     await reconcile.sync(uid, ns, name)
+
+
+async def poller() -> None:
+    while True:
+        await asyncio.sleep(RT.settings.poll_seconds)
+        for uid, (ns, name) in list(RT.in_flight.items()):
+            try:
+                await poll_one(uid, ns, name)
+            except Exception as e:
+                metrics.ERRORS.labels("poll").inc()
+                log.warning("poll failed", extra={"eb": f"{ns}/{name}", "error": repr(e)[:300]})
 
 
 @kopf.on.event(*EB)
@@ -127,6 +150,10 @@ async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
         RT.forget(uid)
     else:
         metrics.STATE.set_phase(uid, (body.get("status") or {}).get("phase"))
+        if _in_flight(body):
+            RT.in_flight[uid] = (body["metadata"]["namespace"], body["metadata"]["name"])
+        else:
+            RT.in_flight.pop(uid, None)
 
 
 # -- our Jobs and Pods ------------------------------------------------------------------------------

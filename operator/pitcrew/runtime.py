@@ -76,6 +76,10 @@ class Runtime:
     pods: dict[str, dict[str, Obj]] = field(default_factory=dict)  # EngineBuild uid -> Pod name -> Pod
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # EngineBuilds not final yet (uid -> namespace, name): the poller's work list. One loop for all,
+    # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
+    in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
+    poller: asyncio.Task[None] | None = None
     debounce_seconds: float = 0.3
 
     def store(self) -> Storage:
@@ -95,6 +99,7 @@ class Runtime:
             table.setdefault(uid, {})[name] = value
 
     def forget(self, uid: str) -> None:
+        self.in_flight.pop(uid, None)
         self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
         self.locks.pop(uid, None)

@@ -39,7 +39,15 @@ def free_port() -> int:
 
 def install(cluster: ClusterInfo) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/enginebuilds.pitcrew.dev", "--timeout=30s")
+
+    def established() -> bool:
+        crd = cluster.client().get_or_none(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/enginebuilds.pitcrew.dev"
+        )
+        conds = (crd or {}).get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_for("the CRD to be established", established, timeout=30)
     cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
     cluster.kubectl("apply", "-f", "-", input=render("pitcrew", OPERATOR_NS))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from .errors import DevclusterError, tail
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_ERROR_LINE = re.compile(r"error|fatal|panic|fail|invalid|unknown flag|address already in use", re.I)
 
 
 @dataclass
@@ -96,9 +97,12 @@ def launch(
 
 def exited_error(p: Proc, returncode: int | None = None) -> DevclusterError:
     code = f" with code {returncode}" if returncode is not None else ""
-    last = tail(Path(p.log), 12)
+    recent = tail(Path(p.log), 200)
+    # Go servers often print usage after the error: show the error lines when there are some.
+    errors = [ln for ln in recent.splitlines() if _ERROR_LINE.search(ln)]
+    last = "\n".join(ln[:300] for ln in errors[-6:]) if errors else "\n".join(recent.splitlines()[-12:])
     hint = ""
-    if "address already in use" in last:
+    if "address already in use" in recent:
         hint = " (a port it needs is already in use)"
     msg = f"exited early{code}{hint}"
     if last:

@@ -49,7 +49,13 @@ def default_image_rules(venv_bin: str) -> list[dict[str, Any]]:
     ]
     return [
         *(fake if FAKE_BUILDER_SCRIPT.exists() else []),
-        {"prefix": BUILDER_IMAGE_PREFIX, "entrypoint": [os.path.join(venv_bin, "pitcrew-builder")]},
+        # As builder_image/Dockerfile: ENTRYPOINT ["pitcrew-builder"], CMD ["--help"]. The prefix
+        # also covers ghcr.io/pitcrew/builder-rtx.
+        {
+            "prefix": BUILDER_IMAGE_PREFIX,
+            "entrypoint": [os.path.join(venv_bin, "pitcrew-builder")],
+            "cmd": ["--help"],
+        },
         {"prefix": "python:", "cmd": ["python3"]},
         {"prefix": "docker.io/library/python:", "cmd": ["python3"]},
         {"prefix": "docker.io/python:", "cmd": ["python3"]},

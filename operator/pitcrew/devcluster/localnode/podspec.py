@@ -12,6 +12,8 @@ directory, so for every volumeMount (and the terminationMessagePath) the node:
 3. rewrites occurrences of the mountPath in command, args, env values and workingDir to the local
    directory: `/data/out` and `--out=/data` change, `/database` does not (the path must start a
    token: line start, whitespace, quote, `=`, `:` or `,`, and end at `/` or such a delimiter).
+   Parents of mount paths (`/mnt/pvc` for a mount at `/mnt/pvc/engines`) are rewritten to their
+   directory under `root/` only as whole tokens, never as prefixes of other paths.
    The pod annotation `pitcrew.dev/localnode-rewrite-paths: "false"` turns rewriting off.
 """
 
@@ -377,10 +379,23 @@ def materialize_volumes(pod: Obj, pod_dir: Path, lookup: Lookup, pvc_dir: Path) 
 
 
 @dataclass(frozen=True)
+class Rewrites:
+    """Container path -> local path. Paths in `exact_only` (parents of mounts, such as /mnt/pvc
+    for a mount at /mnt/pvc/engines) are rewritten only as whole tokens, never as a prefix, so a
+    mount at /etc/pitcrew does not redirect /etc/ssl/certs."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+    exact_only: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+
+@dataclass(frozen=True)
 class Mounts:
     """Where a container's paths live locally."""
 
-    rewrites: list[tuple[str, str]]  # container path -> local path, longest first
+    rewrites: Rewrites
     env: dict[str, str]
 
 
@@ -407,29 +422,42 @@ def plan_mounts(
         if not link.is_symlink() and not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(local)
+    parents: dict[str, str] = {}
+    for mount_path in pairs:
+        parent = os.path.dirname(mount_path)
+        while parent not in ("/", "") and parent not in pairs:
+            parents[parent] = str(root / parent.lstrip("/"))
+            parent = os.path.dirname(parent)
     term_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
     pairs[term_path] = str(termination_file)
     extra["PITCREW_TERMINATION_LOG"] = str(termination_file)
     extra["PITCREW_POD_ROOT"] = str(root)
-    rewrites = sorted(pairs.items(), key=lambda kv: len(kv[0]), reverse=True)
-    return Mounts(rewrites=rewrites, env=extra)
+    ordered = sorted({**parents, **pairs}.items(), key=lambda kv: len(kv[0]), reverse=True)
+    return Mounts(rewrites=Rewrites(tuple(ordered), frozenset(parents)), env=extra)
 
 
 _DELIM_BEFORE = "\\s=:,'\"("
 _DELIM_AFTER = "\\s:,'\")"
 
 
-def rewrite_paths(text: str, rewrites: list[tuple[str, str]]) -> str:
+def rewrite_paths(text: str, rewrites: Rewrites) -> str:
     """Replaces container paths that start a token (see the module docstring) by local paths."""
     if not rewrites or "/" not in text:
         return text
-    alternatives = "|".join(re.escape(src) for src, _ in rewrites)  # longest first
+    alternatives = "|".join(re.escape(src) for src, _ in rewrites.pairs)  # longest first
     pattern = re.compile(f"(?<![^{_DELIM_BEFORE}])({alternatives})(?=/|$|[{_DELIM_AFTER}])")
-    table = dict(rewrites)
-    return pattern.sub(lambda m: table[m.group(1)], text)
+    table = dict(rewrites.pairs)
+
+    def sub(m: re.Match[str]) -> str:
+        src = m.group(1)
+        if src in rewrites.exact_only and text.startswith("/", m.end()):
+            return src
+        return table[src]
+
+    return pattern.sub(sub, text)
 
 
-def working_dir(container: Obj, root: Path, rewrites: list[tuple[str, str]]) -> Path:
+def working_dir(container: Obj, root: Path, rewrites: Rewrites) -> Path:
     wd = container.get("workingDir")
     if not wd:
         return root

@@ -251,7 +251,7 @@ class PodWorker:
             self.pod, c, self.lookup, base, {"cpu": self.cfg.cpu, "memory": self.cfg.memory}
         )
         mounts = podspec.plan_mounts(c, volumes, self.root, term_file, env)
-        rewrites = mounts.rewrites if podspec.rewriting_enabled(self.pod) else []
+        rewrites = mounts.rewrites if podspec.rewriting_enabled(self.pod) else podspec.Rewrites()
         env = {k: podspec.rewrite_paths(v, rewrites) for k, v in env.items()}
         env.update(mounts.env)
         env["PATH"] = _with_venv(env.get("PATH", ""), self.cfg.venv_bin)
