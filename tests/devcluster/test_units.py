@@ -229,6 +229,14 @@ def test_volumes_and_mounts(tmp_path: Path) -> None:
     assert podspec.rewrite_paths(code, rw) == f"open('{term}','w').write('done')"
     assert podspec.rewrite_paths("PATH=/a:/work/bin", rw) == f"PATH=/a:{vols['work']}/bin"
 
+    pvc = podspec.plan_mounts(
+        {"volumeMounts": [{"name": "claim", "mountPath": "/mnt/pvc/engines"}]}, vols, root, term, {}
+    ).rewrites
+    assert podspec.rewrite_paths("/mnt/pvc", pvc) == f"{root}/mnt/pvc"  # a parent, as a whole token
+    assert (root / "mnt" / "pvc" / "engines").resolve() == vols["claim"]
+    assert podspec.rewrite_paths("/mnt/pvc/engines/e1", pvc) == f"{vols['claim']}/e1"
+    assert podspec.rewrite_paths("/mnt/pvc/other /mnt/x", pvc) == "/mnt/pvc/other /mnt/x"
+
 
 def test_unsupported_volume_is_an_error(tmp_path: Path) -> None:
     p = pod(volumes=[{"name": "x", "iscsi": {}}])

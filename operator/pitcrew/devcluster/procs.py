@@ -17,7 +17,9 @@ from typing import Any
 
 from .errors import DevclusterError, tail
 
-_ERROR_LINE = re.compile(r"error|fatal|panic|fail|invalid|unknown flag|address already in use", re.I)
+_ERROR_LINE = re.compile(
+    r"error|fatal|panic|fail|invalid|unknown|not defined|cannot|can't|address already in use", re.I
+)
 
 
 @dataclass
@@ -99,7 +101,7 @@ def exited_error(p: Proc, returncode: int | None = None) -> DevclusterError:
     code = f" with code {returncode}" if returncode is not None else ""
     recent = tail(Path(p.log), 200)
     # Go servers often print usage after the error: show the error lines when there are some.
-    errors = [ln for ln in recent.splitlines() if _ERROR_LINE.search(ln)]
+    errors = [ln for ln in recent.splitlines() if _ERROR_LINE.search(ln) and not ln.startswith("--- ")]
     last = "\n".join(ln[:300] for ln in errors[-6:]) if errors else "\n".join(recent.splitlines()[-12:])
     hint = ""
     if "address already in use" in recent:

@@ -1,0 +1,112 @@
+"""Bring-up failures: one clear message naming the component and its log, and nothing left running."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pitcrew.devcluster import DevclusterError, UpOptions, cluster, controlplane, up
+from pitcrew.devcluster.procs import alive
+from pitcrew.devcluster.state import STATE_FILE
+
+pytestmark = pytest.mark.cluster
+
+
+def _pids_started(state_dir: Path) -> list[int]:
+    """Pids from the component logs' first lines are not recorded; use the processes' cmdlines."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(state_dir) in (proc / "cmdline").read_text():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return [p for p in pids if alive(p)]
+
+
+def test_component_exiting_early_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = controlplane.etcd
+
+    def broken_etcd(*args: object, **kwargs: object) -> list[str]:
+        return [*real(*args, **kwargs), "--no-such-flag"]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controlplane, "etcd", broken_etcd)
+    start = time.monotonic()
+    with pytest.raises(DevclusterError) as err:
+        up(UpOptions(state_dir=tmp_path, build=False, s3=False))
+    message = str(err.value)
+    assert message.startswith("etcd: exited early with code")
+    assert "no-such-flag" in message
+    assert f"(log: {tmp_path}/logs/etcd.log)" in message
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / STATE_FILE).exists()
+    assert _pids_started(tmp_path) == []
+
+
+def test_readiness_timeout_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "node_ready", lambda client, name: False)
+    start = time.monotonic()
+    # The timeout applies per phase; the first phase (etcd, apiserver) must fit in it.
+    with pytest.raises(
+        DevclusterError, match=r"(?s)node pitcrew-local: not ready after 15 s .*localnode\.log"
+    ):
+        up(UpOptions(state_dir=tmp_path, build=False, s3=False, timeout=15))
+    assert time.monotonic() - start < 45
+    assert _pids_started(tmp_path) == []
+
+
+def test_down_stops_running_pods(tmp_path: Path) -> None:
+    info = up(UpOptions(state_dir=tmp_path, build=False, s3=False))
+    try:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sleeper", "namespace": "default"},
+            "spec": {
+                "restartPolicy": "Never",
+                "initContainers": [
+                    {
+                        "name": "init",
+                        "image": "python:3.11",
+                        "command": ["python", "-c", "open('/shared/from-init', 'w').write('init ran')"],
+                        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                    }
+                ],
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "python:3.11",
+                        "command": [
+                            "python",
+                            "-c",
+                            "import time; assert open('/shared/from-init').read() == 'init ran'; "
+                            "time.sleep(600)",
+                        ],
+                        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                    }
+                ],
+                "volumes": [{"name": "shared", "emptyDir": {}}],
+            },
+        }
+        info.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        deadline = time.monotonic() + 60
+        phase = ""
+        while time.monotonic() < deadline:
+            got = info.kubectl_json("get", "pod", "sleeper", "-n", "default")
+            phase = got.get("status", {}).get("phase", "")
+            if phase == "Running":
+                break
+            time.sleep(0.25)
+        assert phase == "Running"
+        init_state = got["status"]["initContainerStatuses"][0]["state"]["terminated"]
+        assert (init_state["exitCode"], init_state["reason"]) == (0, "Completed")
+        pid = int(got["status"]["containerStatuses"][0]["containerID"].removeprefix("localnode://"))
+        assert alive(pid)
+    finally:
+        cluster.down(tmp_path)
+    assert not alive(pid)
+    assert _pids_started(tmp_path) == []
