@@ -28,11 +28,16 @@ def make_plan(
     defaults = {"maxInputLen": 16, "maxOutputLen": 16, "maxBatchSize": 2}
     options = BuildOptions.model_validate(defaults if build is None else build)
     s = resolve_sizes(
-        max_input_len=options.max_input_len, max_output_len=options.max_output_len,
-        max_seq_len=options.max_seq_len, max_batch_size=options.max_batch_size,
-        max_beam_width=options.max_beam_width, max_num_tokens=options.max_num_tokens,
-        opt_num_tokens=options.opt_num_tokens, remove_input_padding=options.remove_input_padding,
-        context_fmha=True, tokens_per_block=options.tokens_per_block,
+        max_input_len=options.max_input_len,
+        max_output_len=options.max_output_len,
+        max_seq_len=options.max_seq_len,
+        max_batch_size=options.max_batch_size,
+        max_beam_width=options.max_beam_width,
+        max_num_tokens=options.max_num_tokens,
+        opt_num_tokens=options.opt_num_tokens,
+        remove_input_padding=options.remove_input_padding,
+        context_fmha=True,
+        tokens_per_block=options.tokens_per_block,
         multiple_profiles=options.multiple_profiles,
     )
     return BuildPlan(
@@ -40,19 +45,24 @@ def make_plan(
         cache_key=cache_key,
         cache_key_inputs={"test": True},
         builder_version="test",
-        source=PlanSource(uri=source_uri, format=source_format, endpoint=source_endpoint),  # type: ignore[arg-type]
-        model=ModelOverrides(dtype=dtype) if dtype else None,  # type: ignore[arg-type]
+        source=PlanSource(uri=source_uri, format=source_format, endpoint=source_endpoint),
+        model=ModelOverrides(dtype=dtype) if dtype else None,
         parallelism=Parallelism(tensor=tp, pipeline=pp),
         build=options,
         sizes=ResolvedSizes(
-            max_input_len=s.max_input_len, max_seq_len=s.max_seq_len, max_batch_size=s.max_batch_size,
-            max_beam_width=s.max_beam_width, max_num_tokens=s.max_num_tokens, opt_num_tokens=s.opt_num_tokens,
+            max_input_len=s.max_input_len,
+            max_seq_len=s.max_seq_len,
+            max_batch_size=s.max_batch_size,
+            max_beam_width=s.max_beam_width,
+            max_num_tokens=s.max_num_tokens,
+            opt_num_tokens=s.opt_num_tokens,
         ),
         quantization=Quantization(),
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         target=PlanTarget(compute_capability=compute_capability),
-        output=PlanOutput(uri=output_uri, engine_uri=f"{output_uri.rstrip('/')}/{cache_key}",
-                          endpoint=output_endpoint),
+        output=PlanOutput(
+            uri=output_uri, engine_uri=f"{output_uri.rstrip('/')}/{cache_key}", endpoint=output_endpoint
+        ),
     )
 
 

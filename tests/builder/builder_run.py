@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,16 +30,24 @@ def parse_events(stdout: str) -> list[dict[str, Any]]:
     for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
-            except ValueError:
-                pass
     return events
 
 
 def builder_argv(plan: Path, work: Path, term: Path) -> list[str]:
-    return [sys.executable, "-m", "pitcrew_builder", "build", "--plan", str(plan), "--work-dir", str(work),
-            "--termination-log", str(term)]
+    return [
+        sys.executable,
+        "-m",
+        "pitcrew_builder",
+        "build",
+        "--plan",
+        str(plan),
+        "--work-dir",
+        str(work),
+        "--termination-log",
+        str(term),
+    ]
 
 
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
@@ -53,7 +62,12 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def run_builder(plan: Path, work: Path, term: Path, env: dict[str, str], timeout: float = 600) -> Run:
-    proc = subprocess.run(builder_argv(plan, work, term), env=subprocess_env(env), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        builder_argv(plan, work, term),
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     result = json.loads(term.read_text()) if term.exists() else {}
     return Run(proc.returncode, parse_events(proc.stdout), result, proc.stderr)

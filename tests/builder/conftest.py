@@ -41,9 +41,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Info]:
     info = credentials("pitcrew-builder-test", port)
     log = (data.parent / "minio.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "server", str(data / "data"), "--address", f"127.0.0.1:{port}",
-         "--console-address", f"127.0.0.1:{console}", "--quiet"],
-        env={**os.environ, **env(info)}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "server",
+            str(data / "data"),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--console-address",
+            f"127.0.0.1:{console}",
+            "--quiet",
+        ],
+        env={**os.environ, **env(info)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 30

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builder_plans import make_plan, write_plan
+from builder_plans import make_plan
 from builder_run import run_builder
 
 from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.errors import EXIT_INVALID_INPUT, EXIT_SOURCE_UNAVAILABLE
 
 
-def _run(tmp_path: Path, plan_text: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, object], str]:
+def _run(
+    tmp_path: Path, plan_text: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, object], str]:
     plan = tmp_path / "plan.json"
     plan.write_text(plan_text)
     run = run_builder(plan, tmp_path / "work", tmp_path / "term.json", env or {}, timeout=300)
@@ -20,26 +22,34 @@ def _run(tmp_path: Path, plan_text: str, env: dict[str, str] | None = None) -> t
 
 
 def test_rtx_for_hopper_is_invalid_spec_before_any_work(tmp_path: Path, tiny_llama: Path) -> None:
-    plan = make_plan(source_uri=tiny_llama.as_uri(), output_uri="s3://unused-bucket/x", compute_capability="9.0")
+    plan = make_plan(
+        source_uri=tiny_llama.as_uri(), output_uri="s3://unused-bucket/x", compute_capability="9.0"
+    )
     code, result, _ = _run(tmp_path, plan.model_dump_json(by_alias=True))
     assert code == EXIT_INVALID_INPUT
     assert result["ok"] is False and result["reason"] == "InvalidSpec"
-    assert "target.computeCapability 9.0" in str(result["message"]) and "tensorrt-llm" in str(result["message"])
+    assert "target.computeCapability 9.0" in str(result["message"]) and "tensorrt-llm" in str(
+        result["message"]
+    )
     assert not (tmp_path / "work").exists()  # refused before fetching anything
 
 
 def test_missing_source_is_source_unavailable(tmp_path: Path) -> None:
     plan = make_plan(source_uri="file:///nonexistent/model", output_uri="pvc://out/engines")
-    code, result, _ = _run(tmp_path, plan.model_dump_json(by_alias=True),
-                           {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")})
+    code, result, _ = _run(
+        tmp_path, plan.model_dump_json(by_alias=True), {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")}
+    )
     assert code == EXIT_SOURCE_UNAVAILABLE
     assert result["reason"] == "SourceUnavailable" and "file:///nonexistent/model" in str(result["message"])
 
 
-def test_missing_s3_source_is_source_unavailable(s3: S3Info, s3_prefix: str, tmp_path: Path,
-                                                builder_env: dict[str, str]) -> None:
-    plan = make_plan(source_uri=f"s3://{s3.bucket}/{s3_prefix}/nothing-here",
-                     output_uri=f"s3://{s3.bucket}/{s3_prefix}/out")
+def test_missing_s3_source_is_source_unavailable(
+    s3: S3Info, s3_prefix: str, tmp_path: Path, builder_env: dict[str, str]
+) -> None:
+    plan = make_plan(
+        source_uri=f"s3://{s3.bucket}/{s3_prefix}/nothing-here",
+        output_uri=f"s3://{s3.bucket}/{s3_prefix}/out",
+    )
     code, result, _ = _run(tmp_path, plan.model_dump_json(by_alias=True), builder_env)
     assert code == EXIT_SOURCE_UNAVAILABLE
     assert result["reason"] == "SourceUnavailable" and "no objects under" in str(result["message"])
@@ -53,7 +63,9 @@ def test_broken_checkpoint_is_invalid_checkpoint(tmp_path: Path, tiny_llama: Pat
     (src / "config.json").write_text(json.dumps(cfg))
     (src / "model.safetensors").write_bytes((tiny_llama / "model.safetensors").read_bytes())
     plan = make_plan(source_uri=src.as_uri(), output_uri="pvc://out/engines", backend="checkpoint")
-    code, result, _ = _run(tmp_path, plan.model_dump_json(by_alias=True), {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")})
+    code, result, _ = _run(
+        tmp_path, plan.model_dump_json(by_alias=True), {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")}
+    )
     assert code == EXIT_INVALID_INPUT
     assert result["reason"] == "InvalidCheckpoint" and "Mamba" in str(result["message"])
 

@@ -55,7 +55,9 @@ def source(s3: S3Info, s3_prefix: str) -> dict[str, bytes]:
     return files
 
 
-def test_fetch_downloads_and_verifies(s3: S3Info, s3_prefix: str, source: dict[str, bytes], tmp_path: Path) -> None:
+def test_fetch_downloads_and_verifies(
+    s3: S3Info, s3_prefix: str, source: dict[str, bytes], tmp_path: Path
+) -> None:
     dest, stats = S3Fetcher(s3.client(), S3Location(s3.bucket, s3_prefix), tmp_path / "src", SETTINGS).run()
     for name, data in source.items():
         assert (dest / name).read_bytes() == data
@@ -65,13 +67,18 @@ def test_fetch_downloads_and_verifies(s3: S3Info, s3_prefix: str, source: dict[s
     assert again.skipped == 3 and again.bytes_downloaded == 0
 
 
-def test_fetch_resumes_a_large_file_from_its_finished_parts(s3: S3Info, s3_prefix: str, source: dict[str, bytes],
-                                                             tmp_path: Path) -> None:
+def test_fetch_resumes_a_large_file_from_its_finished_parts(
+    s3: S3Info, s3_prefix: str, source: dict[str, bytes], tmp_path: Path
+) -> None:
     loc = S3Location(s3.bucket, s3_prefix)
     flaky = FlakyClient(s3.client(), allow=5)
-    with pytest.raises(SourceUnavailable, match="model.safetensors"):
-        S3Fetcher(flaky, loc, tmp_path / "src", TransferSettings(concurrency=1, part_size=256 * KiB,
-                                                                 resumable_threshold=1024 * KiB)).run()
+    with pytest.raises(SourceUnavailable, match=r"model\.safetensors"):
+        S3Fetcher(
+            flaky,
+            loc,
+            tmp_path / "src",
+            TransferSettings(concurrency=1, part_size=256 * KiB, resumable_threshold=1024 * KiB),
+        ).run()
     assert (tmp_path / "src" / "model.safetensors.partial").exists()
     assert not (tmp_path / "src" / "model.safetensors").exists()
     assert (tmp_path / "src" / STATE_FILE).exists()  # the small files were recorded as complete
@@ -85,12 +92,17 @@ def test_fetch_resumes_a_large_file_from_its_finished_parts(s3: S3Info, s3_prefi
     assert not (dest / "model.safetensors.partial.json").exists()
 
 
-def test_fetch_restarts_a_file_that_changed_since_the_interruption(s3: S3Info, s3_prefix: str,
-                                                                    source: dict[str, bytes], tmp_path: Path) -> None:
+def test_fetch_restarts_a_file_that_changed_since_the_interruption(
+    s3: S3Info, s3_prefix: str, source: dict[str, bytes], tmp_path: Path
+) -> None:
     loc = S3Location(s3.bucket, s3_prefix)
     with pytest.raises(SourceUnavailable):
-        S3Fetcher(FlakyClient(s3.client(), allow=3), loc, tmp_path / "src",
-                  TransferSettings(concurrency=1, part_size=256 * KiB, resumable_threshold=1024 * KiB)).run()
+        S3Fetcher(
+            FlakyClient(s3.client(), allow=3),
+            loc,
+            tmp_path / "src",
+            TransferSettings(concurrency=1, part_size=256 * KiB, resumable_threshold=1024 * KiB),
+        ).run()
     new = os.urandom(len(source["model.safetensors"]))
     _upload(s3, s3_prefix, {"model.safetensors": new})
     dest, stats = S3Fetcher(s3.client(), loc, tmp_path / "src", SETTINGS).run()

@@ -15,16 +15,26 @@ INSTALL = REPO / "builder_image" / "install.sh"
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is needed for a fast, cached install")
 def test_install_sh_into_a_fresh_venv(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    proc = subprocess.run(["bash", str(INSTALL), "--venv", str(venv), "--extras", "builder"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--venv", str(venv), "--extras", "builder"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pitcrew_builder OK" in proc.stdout
-    help_text = subprocess.run([str(venv / "bin" / "pitcrew-builder"), "build", "--help"], capture_output=True,
-                               text=True, check=True).stdout
+    help_text = subprocess.run(
+        [str(venv / "bin" / "pitcrew-builder"), "build", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--plan" in help_text and "--termination-log" in help_text
     # Installed, not imported from the work tree.
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import pitcrew_builder; print(pitcrew_builder.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import pitcrew_builder; print(pitcrew_builder.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert str(venv) in where
 
 

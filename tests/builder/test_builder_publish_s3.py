@@ -24,7 +24,7 @@ from pitcrew_builder.uris import S3Location
 
 def _keys(client: Any, bucket: str, prefix: str) -> dict[str, int]:
     resp = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
-    return {o["Key"][len(prefix) + 1:]: o["Size"] for o in resp.get("Contents", [])}
+    return {o["Key"][len(prefix) + 1 :]: o["Size"] for o in resp.get("Contents", [])}
 
 
 def _manifest(client: Any, bucket: str, prefix: str) -> Manifest:
@@ -32,8 +32,9 @@ def _manifest(client: Any, bucket: str, prefix: str) -> Manifest:
     return Manifest.model_validate_json(body)
 
 
-def test_publish_in_process_uploads_then_manifest_and_skips_on_rerun(s3: S3Info, s3_prefix: str,
-                                                                     tmp_path: Path) -> None:
+def test_publish_in_process_uploads_then_manifest_and_skips_on_rerun(
+    s3: S3Info, s3_prefix: str, tmp_path: Path
+) -> None:
     engine = tmp_path / "engine"
     engine.mkdir()
     (engine / "config.json").write_text('{"a": 1}')
@@ -44,8 +45,14 @@ def test_publish_in_process_uploads_then_manifest_and_skips_on_rerun(s3: S3Info,
 
     def make(files: list[Any]) -> Manifest:
         calls.append(sorted(_keys(s3.client(), s3.bucket, s3_prefix)))  # what is there before the manifest
-        return Manifest(cache_key="k", backend="tensorrt-rtx", compute_capability="8.6", files=files,  # type: ignore[arg-type]
-                        versions={}, created_at="now")  # type: ignore[arg-type]
+        return Manifest(
+            cache_key="k",
+            backend="tensorrt-rtx",
+            compute_capability="8.6",
+            files=files,
+            versions={},
+            created_at="now",
+        )
 
     first = publish(engine, store, make)
     assert calls[0] == ["config.json", "rank0.engine"]  # every file was up before the manifest
@@ -63,20 +70,29 @@ def test_publish_in_process_uploads_then_manifest_and_skips_on_rerun(s3: S3Info,
 
 
 @pytest.mark.slow
-def test_kill_mid_upload_leaves_no_manifest_and_rerun_completes(s3: S3Info, s3_prefix: str, tiny_llama: Path,
-                                                                tmp_path: Path, builder_env: dict[str, str]) -> None:
+def test_kill_mid_upload_leaves_no_manifest_and_rerun_completes(
+    s3: S3Info, s3_prefix: str, tiny_llama: Path, tmp_path: Path, builder_env: dict[str, str]
+) -> None:
     out = f"s3://{s3.bucket}/{s3_prefix}"
-    plan = make_plan(source_uri=tiny_llama.as_uri(), output_uri=out, cache_key="ckpt-tp2", backend="checkpoint",
-                     tp=2)
+    plan = make_plan(
+        source_uri=tiny_llama.as_uri(), output_uri=out, cache_key="ckpt-tp2", backend="checkpoint", tp=2
+    )
     plan_file = write_plan(plan, tmp_path / "plan.json")
     work, term = tmp_path / "work", tmp_path / "term.json"
     client = s3.client()
     prefix = f"{s3_prefix}/ckpt-tp2"
 
     # 1. Slow uploads (one file at a time, 2 s before each) and SIGKILL after the first file is up.
-    env = subprocess_env({**builder_env, "PITCREW_TEST_UPLOAD_DELAY": "2", "PITCREW_PROGRESS_INTERVAL": "0.2"})
-    proc = subprocess.Popen(builder_argv(plan_file, work, term), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    env = subprocess_env(
+        {**builder_env, "PITCREW_TEST_UPLOAD_DELAY": "2", "PITCREW_PROGRESS_INTERVAL": "0.2"}
+    )
+    proc = subprocess.Popen(
+        builder_argv(plan_file, work, term),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:

@@ -18,20 +18,29 @@ ENGINE_MAGIC = b"vtrt"  # TensorRT(-RTX) serialized plan header
 
 
 @pytest.mark.slow
-def test_rtx_engine_end_to_end(s3: S3Info, s3_prefix: str, tiny_llama: Path, tmp_path: Path,
-                               builder_env: dict[str, str]) -> None:
+def test_rtx_engine_end_to_end(
+    s3: S3Info, s3_prefix: str, tiny_llama: Path, tmp_path: Path, builder_env: dict[str, str]
+) -> None:
     out = f"s3://{s3.bucket}/{s3_prefix}"
-    plan = make_plan(source_uri=tiny_llama.as_uri(), output_uri=out, cache_key="rtx-sm89", backend="tensorrt-rtx",
-                     compute_capability="8.9", build={"maxInputLen": 32, "maxOutputLen": 32, "maxBatchSize": 2})
-    run = run_builder(write_plan(plan, tmp_path / "plan.json"), tmp_path / "work", tmp_path / "term.json",
-                      builder_env)
+    plan = make_plan(
+        source_uri=tiny_llama.as_uri(),
+        output_uri=out,
+        cache_key="rtx-sm89",
+        backend="tensorrt-rtx",
+        compute_capability="8.9",
+        build={"maxInputLen": 32, "maxOutputLen": 32, "maxBatchSize": 2},
+    )
+    run = run_builder(
+        write_plan(plan, tmp_path / "plan.json"), tmp_path / "work", tmp_path / "term.json", builder_env
+    )
     assert run.code == 0, run.stderr[-3000:]
     assert run.result["ok"] is True and run.result["computeCapability"] == "8.9"
     assert run.result["versions"]["tensorrt"].startswith("1.7")
 
     built = run.find("compile", "engine-built")[0]
     assert built["sm"] == "SM89"
-    print(f"\nRTX engine build {built['seconds']} s, ONNX export {run.find('compile', 'onnx-exported')[0]['seconds']} s")
+    export = run.find("compile", "onnx-exported")[0]
+    print(f"\nRTX engine build {built['seconds']} s, ONNX export {export['seconds']} s")
     check = run.find("validate", "logits-check")[0]
     assert check["status"] == "passed" and check["max_abs_diff"] <= check["tolerance"]
     stages = [e["stage"] for e in run.events if e.get("event") == "end" and e["stage"] != "build"]
@@ -41,7 +50,8 @@ def test_rtx_engine_end_to_end(s3: S3Info, s3_prefix: str, tiny_llama: Path, tmp
     client = s3.client()
     prefix = f"{s3_prefix}/rtx-sm89"
     manifest = Manifest.model_validate_json(
-        client.get_object(Bucket=s3.bucket, Key=f"{prefix}/{MANIFEST_FILE}")["Body"].read())
+        client.get_object(Bucket=s3.bucket, Key=f"{prefix}/{MANIFEST_FILE}")["Body"].read()
+    )
     assert sorted(f.path for f in manifest.files) == ["config.json", "rank0.engine"]
     engine = client.get_object(Bucket=s3.bucket, Key=f"{prefix}/rank0.engine")["Body"].read()
     entry = next(f for f in manifest.files if f.path == "rank0.engine")

@@ -63,22 +63,40 @@ def test_megatron_defaults_reach_build_config(tmp_path: Path) -> None:
 def test_megatron_defaults_reach_plugin_config() -> None:
     p = plugin_settings(_megatron_plan().build, "LlamaForCausalLM")
     assert p.paged_kv_tokens_per_block == 128
-    assert p.attributes == {"gpt_attention_plugin": "auto", "gemm_plugin": "auto", "remove_input_padding": True,
-                            "use_paged_context_fmha": False, "multiple_profiles": False, "reduce_fusion": False}
-    off = make_plan(source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm",
-                    build={"pagedKvCache": False, "gemmPlugin": "disable", "lora": {"enabled": True}})
+    assert p.attributes == {
+        "gpt_attention_plugin": "auto",
+        "gemm_plugin": "auto",
+        "remove_input_padding": True,
+        "use_paged_context_fmha": False,
+        "multiple_profiles": False,
+        "reduce_fusion": False,
+    }
+    off = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        build={"pagedKvCache": False, "gemmPlugin": "disable", "lora": {"enabled": True}},
+    )
     p = plugin_settings(off.build, "DeciLMForCausalLM")
     assert p.paged_kv_tokens_per_block is None and p.attributes["gemm_plugin"] is None
     assert p.attributes["use_fused_mlp"] is False and p.attributes["lora_plugin"] == "auto"
 
 
 def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) -> None:
-    padded = make_plan(source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm",
-                       build={"removeInputPadding": False, "maxNumTokens": 99})
+    padded = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        build={"removeInputPadding": False, "maxNumTokens": 99},
+    )
     d = build_config_dict(padded, "LlamaForCausalLM", tmp_path / "t")
     assert d["max_num_tokens"] == 4 * 2048 and d["opt_num_tokens"] is None
-    explicit = make_plan(source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm",
-                         build={"maxNumTokens": 100, "optNumTokens": 500, "maxBatchSize": 8})
+    explicit = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        build={"maxNumTokens": 100, "optNumTokens": 500, "maxBatchSize": 8},
+    )
     d = build_config_dict(explicit, "LlamaForCausalLM", tmp_path / "t")
     assert d["max_num_tokens"] == 128  # raised to tokens_per_block (context FMHA on)
     assert d["opt_num_tokens"] == 128  # never above max_num_tokens
@@ -100,36 +118,61 @@ def tp2_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -
     return out
 
 
-def test_compile_per_rank_through_the_double(trtllm: ModuleType, tp2_checkpoint: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_per_rank_through_the_double(
+    trtllm: ModuleType, tp2_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tensorrt_llm._contract import CALLS
 
     monkeypatch.chdir(tmp_path)  # a stray default timing cache would land here
     plan = _megatron_plan(tp=2)
     progress: list[float] = []
-    ctx = CompileContext(plan=plan, checkpoint_dir=tp2_checkpoint, checkpoint_config=read_config(tp2_checkpoint),
-                         engine_dir=tmp_path / "engine", work_dir=tmp_path / "work",
-                         progress=lambda _m, f: progress.append(f))
+    ctx = CompileContext(
+        plan=plan,
+        checkpoint_dir=tp2_checkpoint,
+        checkpoint_config=read_config(tp2_checkpoint),
+        engine_dir=tmp_path / "engine",
+        work_dir=tmp_path / "work",
+        progress=lambda _m, f: progress.append(f),
+    )
     (tmp_path / "work").mkdir()
     result = BACKEND.compile(ctx)
 
     loads = [c for c in CALLS if c["call"] == "from_checkpoint"]
     builds = [c for c in CALLS if c["call"] == "build"]
     assert [(c["class"], c["rank"], c["ckpt_dir"]) for c in loads] == [
-        ("LLaMAForCausalLM", 0, str(tp2_checkpoint)), ("LLaMAForCausalLM", 1, str(tp2_checkpoint))]
+        ("LLaMAForCausalLM", 0, str(tp2_checkpoint)),
+        ("LLaMAForCausalLM", 1, str(tp2_checkpoint)),
+    ]
     bc = builds[0]["build_config"]
-    assert (bc["max_seq_len"], bc["max_num_tokens"], bc["opt_num_tokens"], bc["max_batch_size"]) == (2048, 8192, 4, 4)
-    assert bc["strongly_typed"] is False and bc["output_timing_cache"] == str(tmp_path / "work" / "timing.cache")
+    assert (bc["max_seq_len"], bc["max_num_tokens"], bc["opt_num_tokens"], bc["max_batch_size"]) == (
+        2048,
+        8192,
+        4,
+        4,
+    )
+    assert bc["strongly_typed"] is False and bc["output_timing_cache"] == str(
+        tmp_path / "work" / "timing.cache"
+    )
     assert bc["input_timing_cache"] is None
-    assert builds[1]["build_config"]["input_timing_cache"] == str(tmp_path / "work" / "timing.cache")  # reused
+    assert builds[1]["build_config"]["input_timing_cache"] == str(
+        tmp_path / "work" / "timing.cache"
+    )  # reused
     pc = bc["plugin_config"]
     assert pc["tokens_per_block"] == 128 and pc["paged_kv_cache"] is True
     assert pc["gpt_attention_plugin"] == "auto" and pc["gemm_plugin"] == "auto"
     assert pc["use_paged_context_fmha"] is False and pc["context_fmha"] is True
-    assert pc["remove_input_padding"] is True and pc["reduce_fusion"] is False and pc["multiple_profiles"] is False
+    assert (
+        pc["remove_input_padding"] is True
+        and pc["reduce_fusion"] is False
+        and pc["multiple_profiles"] is False
+    )
     assert not (tmp_path / "model.cache").exists()
 
-    assert sorted(p.name for p in (tmp_path / "engine").iterdir()) == ["config.json", "rank0.engine", "rank1.engine"]
+    assert sorted(p.name for p in (tmp_path / "engine").iterdir()) == [
+        "config.json",
+        "rank0.engine",
+        "rank1.engine",
+    ]
     config = json.loads((tmp_path / "engine" / "config.json").read_text())
     assert config["version"] == "1.2.0" and config["pretrained_config"]["mapping"]["tp_size"] == 2
     assert result.tensorrt_llm_version == "1.2.0"
@@ -138,14 +181,23 @@ def test_compile_per_rank_through_the_double(trtllm: ModuleType, tp2_checkpoint:
 
 
 def test_parallel_ranks_with_workers(trtllm: ModuleType, tp2_checkpoint: Path, tmp_path: Path) -> None:
-    plan = make_plan(source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm", tp=2,
-                     build={"workers": 2})
+    plan = make_plan(
+        source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm", tp=2, build={"workers": 2}
+    )
     (tmp_path / "work").mkdir()
-    ctx = CompileContext(plan=plan, checkpoint_dir=tp2_checkpoint, checkpoint_config=read_config(tp2_checkpoint),
-                         engine_dir=tmp_path / "engine", work_dir=tmp_path / "work", progress=lambda _m, _f: None)
+    ctx = CompileContext(
+        plan=plan,
+        checkpoint_dir=tp2_checkpoint,
+        checkpoint_config=read_config(tp2_checkpoint),
+        engine_dir=tmp_path / "engine",
+        work_dir=tmp_path / "work",
+        progress=lambda _m, _f: None,
+    )
     jobs = BACKEND.jobs(ctx)
     assert [j.build["output_timing_cache"] for j in jobs] == [
-        str(tmp_path / "work" / "timing-rank0.cache"), str(tmp_path / "work" / "timing-rank1.cache")]
+        str(tmp_path / "work" / "timing-rank0.cache"),
+        str(tmp_path / "work" / "timing-rank1.cache"),
+    ]
     result = BACKEND.compile(ctx)  # two spawned processes, each importing the double
     assert result.build_options["workers"] == 2
     assert (tmp_path / "engine" / "rank1.engine").read_bytes().startswith(b"CONTRACT-DOUBLE engine rank 1")
@@ -153,11 +205,21 @@ def test_parallel_ranks_with_workers(trtllm: ModuleType, tp2_checkpoint: Path, t
 
 @pytest.mark.slow
 def test_cli_build_with_the_double_publishes_engines(tiny_llama: Path, tmp_path: Path) -> None:
-    plan = make_plan(source_uri=tiny_llama.as_uri(), output_uri="pvc://engines/llama", backend="tensorrt-llm",
-                     cache_key="trtllm-tp2", tp=2, compute_capability="9.0")
+    plan = make_plan(
+        source_uri=tiny_llama.as_uri(),
+        output_uri="pvc://engines/llama",
+        backend="tensorrt-llm",
+        cache_key="trtllm-tp2",
+        tp=2,
+        compute_capability="9.0",
+    )
     pvc = tmp_path / "pvc"
-    run = run_builder(write_plan(plan, tmp_path / "plan.json"), tmp_path / "work", tmp_path / "term.json",
-                      {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(DOUBLE)})
+    run = run_builder(
+        write_plan(plan, tmp_path / "plan.json"),
+        tmp_path / "work",
+        tmp_path / "term.json",
+        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(DOUBLE)},
+    )
     assert run.code == 0, run.stderr[-3000:]
     manifest = json.loads((pvc / "engines/llama/trtllm-tp2/manifest.json").read_text())
     assert sorted(f["path"] for f in manifest["files"]) == ["config.json", "rank0.engine", "rank1.engine"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from builder_plans import make_plan
 
-from pitcrew.api.plan import TERMINATION_MESSAGE_LIMIT, BuildResult
+from pitcrew.api.plan import TERMINATION_MESSAGE_LIMIT, BuildResult, ProgressReport
 from pitcrew_builder.backends.rtx import rtx_compute_capability, rtx_profile
 from pitcrew_builder.errors import InvalidSpec
 from pitcrew_builder.pipeline import work_dir_name
@@ -45,8 +45,16 @@ def test_parse_locations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_plan_fetch_skips_only_complete_matching_files() -> None:
-    objs = [RemoteObject("p/a", "a", 10, "e1"), RemoteObject("p/b", "b", 20, "e2"), RemoteObject("p/c", "c", 5, "e3")]
-    completed = {"a": {"etag": "e1", "size": 10}, "b": {"etag": "OLD", "size": 20}, "c": {"etag": "e3", "size": 5}}
+    objs = [
+        RemoteObject("p/a", "a", 10, "e1"),
+        RemoteObject("p/b", "b", 20, "e2"),
+        RemoteObject("p/c", "c", 5, "e3"),
+    ]
+    completed = {
+        "a": {"etag": "e1", "size": 10},
+        "b": {"etag": "OLD", "size": 20},
+        "c": {"etag": "e3", "size": 5},
+    }
     sizes = {"a": 10, "b": 20, "c": 4}  # c was truncated on disk after being recorded
     skip, todo = plan_fetch(objs, completed, sizes.get)
     assert [o.relative for o in skip] == ["a"]
@@ -85,7 +93,7 @@ def test_progress_percent_and_throttle() -> None:
     assert should_flush(now=10, last_flush=8, stage_changed=True, interval=5)
 
     now = [0.0]
-    written = []
+    written: list[ProgressReport] = []
     rep = ProgressReporter(written.append, interval=5, clock=lambda: now[0])
     for i in range(100):
         now[0] = i * 0.1
@@ -149,14 +157,30 @@ def test_validate_files_and_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "rank0.engine").write_bytes(b"")
     assert file_problems(tmp_path, ["config.json", "rank0.engine", "rank1.engine"]) == [
-        "rank0.engine is empty", "rank1.engine is missing"]
+        "rank0.engine is empty",
+        "rank1.engine is missing",
+    ]
     plan = make_plan(source_uri="file:///x", output_uri="s3://b/o", backend="tensorrt-llm", tp=2)
-    cfg = CheckpointConfig(architecture="LlamaForCausalLM", dtype="float16", vocab_size=8, hidden_size=8,
-                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_size=4,
-                           intermediate_size=8, hidden_act="silu", mapping=MappingConfig(2, 2, 1))
-    good = {"pretrained_config": {"dtype": "float16", "mapping": {"tp_size": 2, "pp_size": 1}},
-            "build_config": {k: getattr(plan.sizes, k) for k in
-                             ("max_batch_size", "max_input_len", "max_seq_len", "max_beam_width", "max_num_tokens")}}
+    cfg = CheckpointConfig(
+        architecture="LlamaForCausalLM",
+        dtype="float16",
+        vocab_size=8,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_size=4,
+        intermediate_size=8,
+        hidden_act="silu",
+        mapping=MappingConfig(2, 2, 1),
+    )
+    good = {
+        "pretrained_config": {"dtype": "float16", "mapping": {"tp_size": 2, "pp_size": 1}},
+        "build_config": {
+            k: getattr(plan.sizes, k)
+            for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_beam_width", "max_num_tokens")
+        },
+    }
     assert config_problems(good, plan, cfg) == []
     bad = json.loads(json.dumps(good))
     bad["build_config"]["max_seq_len"] = 7

@@ -12,7 +12,14 @@ from tensorrt_llm.lora_manager import LoraConfig
 from tensorrt_llm.plugin import PluginConfig
 
 # Popped without a default by the real from_dict: a missing one is a KeyError there.
-REQUIRED = ("max_input_len", "max_seq_len", "max_batch_size", "max_beam_width", "max_num_tokens", "opt_num_tokens")
+REQUIRED = (
+    "max_input_len",
+    "max_seq_len",
+    "max_batch_size",
+    "max_beam_width",
+    "max_num_tokens",
+    "opt_num_tokens",
+)
 OPTIONAL: dict[str, Any] = {
     "max_prompt_embedding_table_size": 0,
     "gather_context_logits": False,
@@ -27,8 +34,14 @@ OPTIONAL: dict[str, Any] = {
 }
 # Keys Megatron puts in the dict that from_dict reads elsewhere or ignores.
 TOLERATED = frozenset({"multiple_profiles", "max_output_len", "builder_opt", "use_fused_mlp"})
-_BOOLS = {"gather_context_logits", "gather_generation_logits", "strongly_typed", "use_refit", "weight_streaming",
-          "use_strip_plan"}
+_BOOLS = {
+    "gather_context_logits",
+    "gather_generation_logits",
+    "strongly_typed",
+    "use_refit",
+    "weight_streaming",
+    "use_strip_plan",
+}
 
 
 @dataclass
@@ -64,7 +77,10 @@ class BuildConfig:
         for k in ("max_input_len", "max_seq_len", "max_batch_size", "max_beam_width", "max_num_tokens"):
             if not isinstance(config[k], int) or config[k] <= 0:
                 raise ContractViolation(f"{k}={config[k]!r}: expected a positive int")
-        if config["opt_num_tokens"] is not None and not 0 < config["opt_num_tokens"] <= config["max_num_tokens"]:
+        if (
+            config["opt_num_tokens"] is not None
+            and not 0 < config["opt_num_tokens"] <= config["max_num_tokens"]
+        ):
             raise ContractViolation(f"opt_num_tokens={config['opt_num_tokens']} outside (0, max_num_tokens]")
         if config["max_seq_len"] < config["max_input_len"]:
             raise ContractViolation("max_seq_len < max_input_len")
@@ -92,8 +108,11 @@ class EngineConfig:
         self.version = version
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "pretrained_config": self.pretrained_config,
-                "build_config": self.build_config.to_dict()}
+        return {
+            "version": self.version,
+            "pretrained_config": self.pretrained_config,
+            "build_config": self.build_config.to_dict(),
+        }
 
 
 class Engine:

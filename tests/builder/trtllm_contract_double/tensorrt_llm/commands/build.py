@@ -18,8 +18,15 @@ def build(model: PretrainedModel, build_config: BuildConfig) -> Engine:
     # The real build writes the timing cache here; a relative path lands in the CWD.
     with open(cache, "wb") as f:
         f.write(b"timing-cache")
-    CALLS.append({"call": "build", "rank": model.rank, "class": type(model).__name__,
-                  "build_config": build_config.to_dict(), "cwd": os.getcwd()})
+    CALLS.append(
+        {
+            "call": "build",
+            "rank": model.rank,
+            "class": type(model).__name__,
+            "build_config": build_config.to_dict(),
+            "cwd": os.getcwd(),
+        }
+    )
     from tensorrt_llm import __version__
 
     blob = f"CONTRACT-DOUBLE engine rank {model.rank} tensors {len(model.tensor_names)}".encode()

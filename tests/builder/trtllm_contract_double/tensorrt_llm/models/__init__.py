@@ -16,8 +16,14 @@ class PretrainedModel:
         self.tensor_names = tensor_names
 
     @classmethod
-    def from_checkpoint(cls, ckpt_dir: str, rank: int | None = None, config: Any = None, *,
-                        preprocess_weights_hook: Any = None) -> PretrainedModel:
+    def from_checkpoint(
+        cls,
+        ckpt_dir: str,
+        rank: int | None = None,
+        config: Any = None,
+        *,
+        preprocess_weights_hook: Any = None,
+    ) -> PretrainedModel:
         if not isinstance(ckpt_dir, str):
             raise ContractViolation("from_checkpoint takes ckpt_dir as str")
         with open(os.path.join(ckpt_dir, "config.json")) as f:
