@@ -72,7 +72,10 @@ def operator_kubeconfig(cluster: ClusterInfo, path: Path) -> Path:
 
 
 class Operator:
-    def __init__(self, cluster: ClusterInfo, workdir: Path, **env: str) -> None:
+    def __init__(
+        self, cluster: ClusterInfo, workdir: Path, argv: list[str] | None = None, **env: str
+    ) -> None:
+        self.argv = argv or [sys.executable, "-m", "pitcrew"]
         self.cluster = cluster
         self.workdir = workdir
         self.kubeconfig = operator_kubeconfig(cluster, workdir / "operator.kubeconfig")
@@ -98,7 +101,7 @@ class Operator:
     def start(self) -> Operator:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pitcrew"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.workdir, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -120,6 +123,13 @@ class Operator:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def rss_mib(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def tail(self, lines: int = 60) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
