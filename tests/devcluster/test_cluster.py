@@ -192,6 +192,18 @@ def test_fallback_to_logs_and_restart_on_failure(cluster: ClusterInfo, ns: str) 
     assert status["lastState"]["terminated"]["exitCode"] == 1
 
 
+def test_builder_image_runs_the_installed_builder(cluster: ClusterInfo, ns: str) -> None:
+    # The builder image's ENTRYPOINT/CMD (pitcrew-builder --help) map to the venv's console script.
+    builder = job("builder", "")
+    del builder["spec"]["template"]["spec"]["containers"][0]["command"]
+    builder["spec"]["template"]["spec"]["containers"][0]["image"] = "ghcr.io/pitcrew/builder:0.1.0"
+    apply(cluster, ns, builder)
+    assert wait_for("job builder", lambda: job_condition(cluster, ns, "builder")) == "Complete"
+    (pod,) = job_pods(cluster, ns, "builder")
+    out = cluster.state_dir / "pods" / f"{ns}_{pod['metadata']['name']}_{pod['metadata']['uid'][:8]}"
+    assert "usage: pitcrew-builder" in (out / "containers" / "main" / "output.log").read_text()
+
+
 def test_job_deletion_garbage_collects_and_kills_pods(cluster: ClusterInfo, ns: str) -> None:
     code = (
         "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("down", help="stop everything (process groups); keeps logs and S3 data")
     dn.add_argument("--purge", action="store_true", help="also delete the state dir's contents")
 
+    k = sub.add_parser("kwok", help="add N kwok fake GPU nodes to the running cluster (starts kwok)")
+    k.add_argument("count", type=int)
+    k.add_argument("--gpus", type=int, default=d.gpus)
+    k.add_argument("--gpu-product", default=d.gpu_product)
+    k.add_argument("--compute-capability", default=d.compute_capability)
+
     e = sub.add_parser("env", help="print shell exports for the running cluster")
     e.add_argument("--json", action="store_true")
 
@@ -100,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             _print_env(info.env())
         elif args.cmd == "down":
             cluster.down(state_dir, purge=args.purge)
+        elif args.cmd == "kwok":
+            names = cluster.start_kwok(
+                args.count,
+                state_dir,
+                gpus=args.gpus,
+                gpu_product=args.gpu_product,
+                compute_capability=args.compute_capability,
+            )
+            print("\n".join(names))
         elif args.cmd == "env":
             loaded = cluster.load(state_dir)
             if loaded is None:
