@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -25,8 +26,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="fetch, convert, compile, validate and publish one engine")
-    b.add_argument("--plan", required=True, help="BuildPlan JSON file (the mounted ConfigMap)")
-    b.add_argument("--work-dir", help="scratch directory (default: $PITCREW_WORK_DIR or /scratch)")
+    b.add_argument(
+        "--plan",
+        default=os.environ.get("PITCREW_PLAN"),
+        help="BuildPlan JSON file, the mounted ConfigMap (default: $PITCREW_PLAN)",
+    )
+    b.add_argument(
+        "--work-dir", help="scratch directory (default: $PITCREW_WORK_DIR, $PITCREW_SCRATCH or /scratch)"
+    )
     b.add_argument(
         "--termination-log",
         help="where the BuildResult goes (default: $PITCREW_TERMINATION_LOG or /dev/termination-log)",
@@ -72,7 +79,10 @@ def build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "build" and not args.plan:
+        p.error("build needs --plan FILE (or $PITCREW_PLAN)")
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.command == "build":
         return build(args)

@@ -44,7 +44,12 @@ class Options:
     @classmethod
     def from_env(cls, work_dir: str | None) -> Options:
         return cls(
-            work_root=Path(work_dir or os.environ.get("PITCREW_WORK_DIR") or DEFAULT_WORK_DIR),
+            work_root=Path(
+                work_dir
+                or os.environ.get("PITCREW_WORK_DIR")
+                or os.environ.get("PITCREW_SCRATCH")
+                or DEFAULT_WORK_DIR
+            ),
             settings=TransferSettings.from_env(),
             progress_interval=float(os.environ.get("PITCREW_PROGRESS_INTERVAL", "5")),
             keep_work=os.environ.get("PITCREW_KEEP_WORK", "") not in ("", "0", "false"),

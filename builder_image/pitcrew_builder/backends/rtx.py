@@ -144,7 +144,9 @@ class RtxBackend:
 def export_onnx(model: Any, path: Path, profile: Profile) -> None:
     import torch
 
-    example = torch.zeros((min(2, profile.max[0]), min(8, profile.max[1])), dtype=torch.int64)
+    # Example sizes of 2 and 8, never 1: torch.export would specialise a dimension of size 1. The
+    # export bounds only need to cover the profile, which TensorRT then enforces.
+    example = torch.zeros((2, 8), dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1, max=max(profile.max[0], 2))
     seq = torch.export.Dim("seq", min=1, max=max(profile.max[1], 8))
     # The exporter prints progress to stdout, which is our JSON log stream: send it to stderr.
