@@ -67,6 +67,7 @@ class MegatronSource(ModelSource):
         self.model: MegatronModel = megatron_model(reader.args, int(emb.shape[0]))
         self.config = self.model.config
         del emb
+        reader.release()
 
     def close(self) -> None:
         self.reader.close()
@@ -90,6 +91,24 @@ class MegatronSource(ModelSource):
         return t.float() + 1.0 if self.model.zero_centered_gamma else t
 
     def embeddings(self) -> Tensors:
+        try:
+            return self._embeddings()
+        finally:
+            self.reader.release()
+
+    def final(self) -> Tensors:
+        try:
+            return self._final()
+        finally:
+            self.reader.release()
+
+    def layer(self, index: int) -> Tensors:
+        try:
+            return self._layer(index)
+        finally:
+            self.reader.release()
+
+    def _embeddings(self) -> Tensors:
         c = self.config
         out = {"transformer.vocab_embedding.weight": self._need(self._emb_name)[: c.vocab_size]}
         if c.position_embedding_type == "learned_absolute":
@@ -99,7 +118,7 @@ class MegatronSource(ModelSource):
             )
         return out
 
-    def final(self) -> Tensors:
+    def _final(self) -> Tensors:
         c = self.config
         out = {"transformer.ln_f.weight": self._gamma(self._need("decoder.final_layernorm.weight"))}
         if c.norm_has_bias:
@@ -114,7 +133,7 @@ class MegatronSource(ModelSource):
         )
         return out
 
-    def layer(self, index: int) -> Tensors:
+    def _layer(self, index: int) -> Tensors:
         c = self.config
         pre = f"decoder.layers.{index}."
         names: dict[str, str] = {}

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
-from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
 from pitcrew_builder.checkpoint import CheckpointError
 from pitcrew_builder.convert.torch_load import args_dict, load_pt
+
+if TYPE_CHECKING:  # importing torch.distributed.checkpoint takes seconds: only torch_dist pays for it
+    from torch.distributed.checkpoint.planner import ReadItem
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
@@ -37,8 +37,12 @@ class MegatronReader:
         """The full tensor ``name``, or None when the checkpoint has no such tensor."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop open files/mappings; called after each layer so converted tensors leave the RSS."""
+
     def close(self) -> None:
         """Release files."""
+        self.release()
 
 
 def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -86,40 +90,52 @@ class LegacyReader(MegatronReader):
             for p in range(self.pp):
                 if (t, p) not in ranks:
                     raise CheckpointError(f"rank file for tp={t} pp={p} (mp_rank_{t:02d}_{p:03d}) is missing")
-        # stages[p][t] = state dict of that rank (mmap'ed: nothing is read until used)
-        self.stages: list[list[dict[str, torch.Tensor]]] = []
-        first: dict[str, Any] = {}
+        self.files = ranks
+        # Rank files are mmap'ed and only the current stage's stay open: pages of tensors already
+        # converted are unmapped (released from the RSS) when ``release`` drops them.
+        self._open: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.keys: list[set[str]] = []
+        self.args = {}
         for p in range(self.pp):
-            row = []
-            for t in range(self.tp):
-                blob = load_pt(ranks[(t, p)])
-                if not isinstance(blob, dict):
-                    raise CheckpointError(f"{ranks[(t, p)]} does not hold a dict")
-                if "model" not in blob:
-                    if any(k.startswith("model0") for k in blob):
-                        raise CheckpointError(
-                            "virtual pipeline checkpoints ('model0', ...) are not supported"
-                        )
-                    raise CheckpointError(f"{ranks[(t, p)]} lacks the 'model' state dict")
-                if not first:
-                    first = blob
-                row.append(_strip(blob["model"]))
-            self.stages.append(row)
-        self.args = args_dict(first.get("args"), str(ranks[(0, 0)])) if first.get("args") is not None else {}
+            stage = self._stage(p)
+            self.keys.append(set(stage[0]))
+            self.release()
         # Global layer offset of each stage, from the layers each stage actually holds.
         self.offsets: list[int] = []
         total = 0
         for p in range(self.pp):
             self.offsets.append(total)
-            local = {int(m.group(1)) for k in self.stages[p][0] if (m := _LAYER.match(k))}
-            total += len(local)
+            total += len({int(m.group(1)) for k in self.keys[p] if (m := _LAYER.match(k))})
         self.num_layers = total
         self.swiglu = bool(self.args.get("swiglu", False))
 
+    def _stage(self, p: int) -> list[dict[str, torch.Tensor]]:
+        """State dicts of every TP rank of pipeline stage ``p`` (mmap'ed: read on first touch)."""
+        if p in self._open:
+            return self._open[p]
+        row = []
+        for t in range(self.tp):
+            path = self.files[(t, p)]
+            blob = load_pt(path)
+            if not isinstance(blob, dict):
+                raise CheckpointError(f"{path} does not hold a dict")
+            if "model" not in blob:
+                if any(str(k).startswith("model0") for k in blob):
+                    raise CheckpointError("virtual pipeline checkpoints ('model0', ...) are not supported")
+                raise CheckpointError(f"{path} lacks the 'model' state dict")
+            if not self.args and blob.get("args") is not None:
+                self.args = args_dict(blob["args"], str(path))
+            row.append(_strip(blob["model"]))
+        self._open[p] = row
+        return row
+
+    def release(self) -> None:
+        self._open.clear()
+
     def _merge(self, p: int, key: str, suffix: str) -> torch.Tensor | None:
-        shards = [sd.get(key) for sd in self.stages[p]]
-        if shards[0] is None:
+        if key not in self.keys[p]:
             return None
+        shards = [sd.get(key) for sd in self._stage(p)]
         present = [s for s in shards if s is not None]
         if len(present) != len(shards):
             raise CheckpointError(f"tensor {key} is missing from some TP ranks of pipeline stage {p}")
@@ -140,7 +156,7 @@ class LegacyReader(MegatronReader):
         return None
 
     def close(self) -> None:
-        self.stages.clear()
+        self.release()
 
 
 class _SliceSink:
@@ -166,6 +182,9 @@ class TorchDistReader(MegatronReader):
     """A Megatron ``torch_dist`` checkpoint directory, read on the CPU without a process group."""
 
     def __init__(self, ckpt_dir: Path, args: dict[str, Any] | None) -> None:
+        from torch.distributed.checkpoint.filesystem import FileSystemReader
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
         if not (ckpt_dir / ".metadata").is_file():
             raise CheckpointError(f"{ckpt_dir} has no .metadata (not a torch_dist checkpoint)")
         self.reader = FileSystemReader(str(ckpt_dir))
@@ -191,6 +210,9 @@ class TorchDistReader(MegatronReader):
         self.prefix = "model." if any(k.startswith("model.decoder.") for k in self.tensors) else ""
 
     def _read(self, key: str, layer: int | None) -> torch.Tensor:
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+        from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
+
         md = self.tensors[key]
         size = list(md.size)
         start = [0] * len(size)
