@@ -25,7 +25,7 @@ Obj = dict[str, Any]
 
 def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60) -> T:
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = fn()
         if last:

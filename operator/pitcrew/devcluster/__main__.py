@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in args.image_rule:
                 prefix, sep, prog = r.partition("=")
                 if not sep:
-                    raise DevclusterError(
-                        f"--image-rule {r!r}: expected PREFIX=PROGRAM", component="devcluster"
-                    )
+                    raise DevclusterError(f"--image-rule {r!r}: expected PREFIX=PROGRAM")
                 rules.append({"prefix": prefix, "entrypoint": shlex.split(prog)})
             info = cluster.up(
                 cluster.UpOptions(
@@ -120,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             if loaded is None:
                 raise DevclusterError(
                     f"no devcluster is running in {state_dir}; start one with "
-                    f"`python -m pitcrew.devcluster up`",
-                    component="devcluster",
+                    f"`python -m pitcrew.devcluster up`"
                 )
             if args.json:
                 print(json.dumps(loaded.env(), indent=2))
@@ -146,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("devcluster: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `status | head`
+        return 0
     return 0
 
 

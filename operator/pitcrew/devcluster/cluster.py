@@ -110,8 +110,7 @@ def up(opts: UpOptions) -> ClusterInfo:
                     f"a devcluster is already running in {sd} "
                     f"({', '.join(f'{p.name}={p.pid}' for p in live)}); use it "
                     f"(`python -m pitcrew.devcluster env`), stop it (`python -m pitcrew.devcluster down`) "
-                    f"or pick another state dir (PITCREW_STATE_DIR)",
-                    component="devcluster",
+                    f"or pick another state dir (PITCREW_STATE_DIR)"
                 )
             opts.say(f"removing stale state of a devcluster that is no longer running in {sd}")
             kill_pod_processes(sd)
@@ -374,10 +373,10 @@ def kill_pod_processes(sd: Path) -> int:
 
 
 def load(state_dir: Path | None = None) -> ClusterInfo | None:
-    """The running devcluster in `state_dir`, or None when nothing runs there."""
+    """The devcluster running in `state_dir`, or None unless every component is alive."""
     sd = (state_dir or state.default_state_dir()).resolve()
     st = state.load(sd)
-    if st is None or not st.live() or not st.info:
+    if st is None or not st.info or len(st.live()) != len(st.procs):
         return None
     return ClusterInfo.from_json(st.info)
 

@@ -75,8 +75,7 @@ def locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DevclusterError(
-                f"another `up` or `down` is in progress on {state_dir}; wait for it to finish",
-                component="devcluster",
+                f"another `up` or `down` is in progress on {state_dir}; wait for it to finish"
             ) from None
         try:
             yield
