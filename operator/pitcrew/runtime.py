@@ -80,7 +80,9 @@ class Runtime:
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
     in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
-    debounce_seconds: float = 0.3
+    # Watch events for one build are coalesced for this long: a pod that goes Pending -> Running
+    # within it costs one status write, not two.
+    debounce_seconds: float = 1.0
 
     def store(self) -> Storage:
         if self.storage is None:
