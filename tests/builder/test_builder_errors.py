@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
 
+import pytest
 from builder_plans import make_plan
-from builder_run import run_builder
+from builder_run import builder_argv, run_builder, subprocess_env
 
 from pitcrew.devcluster.s3server import S3Info
-from pitcrew_builder.errors import EXIT_INVALID_INPUT, EXIT_SOURCE_UNAVAILABLE
+from pitcrew_builder.errors import EXIT_BUILD_ERROR, EXIT_INVALID_INPUT, EXIT_SOURCE_UNAVAILABLE
 
 
 def _run(
@@ -74,3 +77,38 @@ def test_malformed_plan_is_invalid_spec(tmp_path: Path) -> None:
     code, result, _ = _run(tmp_path, '{"kind": "BuildPlan"}')
     assert code == EXIT_INVALID_INPUT and result["reason"] == "InvalidSpec"
     assert "cacheKey" in str(result["message"]) or "cache_key" in str(result["message"])
+
+
+@pytest.mark.slow
+def test_sigterm_mid_upload_reports_and_commits_nothing(tmp_path: Path, tiny_llama: Path) -> None:
+    pvc = tmp_path / "pvc"
+    plan = make_plan(
+        source_uri=tiny_llama.as_uri(),
+        output_uri="pvc://out/engines",
+        backend="checkpoint",
+        cache_key="term",
+        tp=2,
+    )
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.model_dump_json(by_alias=True))
+    term = tmp_path / "term.json"
+    env = subprocess_env({"PITCREW_PVC_ROOT": str(pvc), "PITCREW_TEST_UPLOAD_DELAY": "1"})
+    proc = subprocess.Popen(
+        builder_argv(plan_file, tmp_path / "work", term),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"event":"uploaded"' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(30) == EXIT_BUILD_ERROR
+    result = json.loads(term.read_text())
+    assert result["ok"] is False and result["reason"] == "BuildError"
+    assert "terminated by signal 15" in result["message"]
+    published = {p.name for p in (pvc / "out/engines/term").iterdir()}
+    assert "manifest.json" not in published and len(published - {".pitcrew-progress.json"}) < 3

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.hashing import b64_to_hex, md5_file, sha256_file
 from pitcrew_builder.logging import log_event
+from pitcrew_builder.parallel import run_all
 from pitcrew_builder.s3 import DENIED_CODES, TransferSettings, describe, error_code, is_not_found
 from pitcrew_builder.uris import LocalLocation, S3Location
 
@@ -238,10 +238,10 @@ class S3Fetcher:
 
         # Small files in parallel (boto3 splits any above part_size); large ones one at a time, each
         # with its own pool of ranged parts, so the two pools never wait on each other.
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            for f in [pool.submit(self._fetch_small, o) for o in small]:
-                finish_obj = f.result()
-                finish(finish_obj)
+        def fetch_small(obj: RemoteObject) -> None:
+            finish(self._fetch_small(obj))
+
+        run_all(fetch_small, small, self.settings.concurrency)
         for obj in large:
             self._fetch_large(obj)
             finish(obj)
@@ -355,9 +355,7 @@ class S3Fetcher:
                     tmp.write_text(state.to_json())
                     os.replace(tmp, sidecar)
 
-            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-                for f in [pool.submit(get_part, i) for i in todo]:
-                    f.result()
+            run_all(get_part, todo, self.settings.concurrency)
         finally:
             os.close(fd)
 

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pitcrew.api.plan import MANIFEST_FILE, PROGRESS_FILE, Manifest, ManifestFil
 from pitcrew_builder.errors import PublishFailed
 from pitcrew_builder.hashing import sha256_file
 from pitcrew_builder.logging import log_event
+from pitcrew_builder.parallel import run_all
 from pitcrew_builder.s3 import describe
 from pitcrew_builder.store import ObjectInfo, ObjectStore
 
@@ -91,8 +91,7 @@ def hash_files(files: list[tuple[Path, str]], workers: int = 2) -> list[LocalFil
         path, rel = item
         return LocalFile(path, rel, path.stat().st_size, sha256_file(path))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib releases the GIL
-        return list(pool.map(one, files))
+    return run_all(one, files, workers)  # hashlib releases the GIL
 
 
 def read_manifest(store: ObjectStore) -> Manifest | None:
@@ -179,9 +178,7 @@ def publish(
 
     # Delay mode uploads one file at a time so "killed mid-upload" is a deterministic state.
     workers = 1 if delay else max(1, concurrency)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for fut in [pool.submit(one, f) for f in local]:
-            fut.result()
+    run_all(one, local, workers)
     if stats.skipped:
         log_event("publish", "resume", files_skipped=stats.skipped)
 
