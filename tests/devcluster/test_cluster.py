@@ -184,6 +184,7 @@ def test_fallback_to_logs_and_restart_on_failure(cluster: ClusterInfo, ns: str) 
     t = terminated(job_pods(cluster, ns, "logs")[0])
     assert t["exitCode"] == 7
     assert "the real error" in t["message"]
+    assert cluster.kubectl("logs", "job/logs", "-n", ns).stdout == "line one\nthe real error\n"
 
     assert wait_for("job flaky", lambda: job_condition(cluster, ns, "flaky")) == "Complete"
     (pod,) = job_pods(cluster, ns, "flaky")

@@ -73,7 +73,9 @@ def node_ready(client: KubeClient, name: str) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
-def _localnode_config(opts: UpOptions, sd: Path, kubeconfig_path: Path) -> dict[str, Any]:
+def _localnode_config(
+    opts: UpOptions, sd: Path, kubeconfig_path: Path, creds: certs.Credentials, log_port: int
+) -> dict[str, Any]:
     venv_bin = str(Path(sys.executable).parent)
     return {
         "kubeconfig": str(kubeconfig_path),
@@ -87,6 +89,9 @@ def _localnode_config(opts: UpOptions, sd: Path, kubeconfig_path: Path) -> dict[
         "work_dir": str(sd / "pods"),
         "pvc_dir": str(sd / "pvcs"),
         "venv_bin": venv_bin,
+        "log_port": log_port,
+        "tls_cert": str(creds.serving_cert),
+        "tls_key": str(creds.serving_key),
         "image_rules": [*opts.image_rules, *default_image_rules(venv_bin)],
     }
 
@@ -132,7 +137,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         ports.require_free(opts.apiserver_port, "kube-apiserver")
     if opts.s3 and opts.s3_port is not None:
         ports.require_free(opts.s3_port, "minio")
-    free = ports.pick_free_ports(8)
+    free = ports.pick_free_ports(9)
     p = controlplane.Ports(
         etcd_client=free[0],
         etcd_peer=free[1],
@@ -140,7 +145,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         controller_manager=free[3],
         scheduler=free[4],
     )
-    s3_port, console_port, kwok_port = opts.s3_port or free[5], free[6], free[7]
+    s3_port, console_port, kwok_port, log_port = opts.s3_port or free[5], free[6], free[7], free[8]
 
     _fresh(sd)
     logs = sd / "logs"
@@ -205,7 +210,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         start("kube-controller-manager", controlplane.controller_manager(bins, p, creds, kcfg))
         start("kube-scheduler", controlplane.scheduler(bins, p, creds, kcfg))
         node_cfg = sd / "localnode.json"
-        node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg), indent=2))
+        node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
         start("localnode", [sys.executable, "-m", "pitcrew.devcluster.localnode", "--config", str(node_cfg)])
         if opts.kwok_nodes:
             start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok")))

@@ -12,6 +12,7 @@ from types import FrameType
 
 from .. import logs
 from ..kubeapi import KubeClient
+from . import logserver
 from .agent import PodAgent
 from .config import LocalNodeConfig
 from .node import NodeAgent
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    logserver.serve(cfg)
     # Watch pods before registering, so no pod bound right after the node turns Ready is missed.
     watcher = threading.Thread(target=pods.run, name="pod-watch", daemon=True)
     watcher.start()

@@ -81,6 +81,10 @@ class LocalNodeConfig:
     passthrough_env: tuple[str, ...] = DEFAULT_PASSTHROUGH_ENV
     lease_seconds: int = 40
     heartbeat_seconds: float = 10.0
+    # The HTTPS endpoint serving /containerLogs for `kubectl logs` (0: none) and its certificate.
+    log_port: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
     # CrashLoopBackOff for restartPolicy OnFailure/Always: first delay, doubled up to the cap.
     # (A kubelet uses 10 s .. 300 s; tests want short ones.)
     restart_backoff_seconds: float = 1.0

@@ -80,7 +80,8 @@ def node_status(cfg: LocalNodeConfig, ready: bool = True) -> Obj:
             {"type": "InternalIP", "address": LOCAL_IP},
             {"type": "Hostname", "address": cfg.node_name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        # Where the API server fetches `kubectl logs` from (see logserver); 0 when not serving.
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.log_port}},
         "nodeInfo": {
             "machineID": "",
             "systemUUID": "",
