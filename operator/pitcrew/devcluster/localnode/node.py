@@ -48,7 +48,8 @@ def node_object(cfg: LocalNodeConfig) -> Obj:
     }
 
 
-def node_status(cfg: LocalNodeConfig, ready: bool = True) -> Obj:
+def node_status(cfg: LocalNodeConfig, ready: bool = True, since: str | None = None) -> Obj:
+    """The node's status; `since` is when the conditions last changed (default: now)."""
     t = now()
 
     def cond(ctype: str, status: bool, reason: str, message: str) -> Obj:
@@ -58,7 +59,7 @@ def node_status(cfg: LocalNodeConfig, ready: bool = True) -> Obj:
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": t,
-            "lastTransitionTime": t,
+            "lastTransitionTime": since or t,
         }
 
     res = resources(cfg)
@@ -102,6 +103,7 @@ class NodeAgent:
         self.client = client
         self.cfg = cfg
         self.uid = ""
+        self._ready_since: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
@@ -141,9 +143,11 @@ class NodeAgent:
             self.client.patch(f"/api/v1/nodes/{self.cfg.node_name}", {"spec": {"taints": keep or None}})
 
     def _post_status(self, ready: bool = True) -> None:
+        if not ready or self._ready_since is None:
+            self._ready_since = now()
         self.client.patch(
             f"/api/v1/nodes/{self.cfg.node_name}/status",
-            {"status": node_status(self.cfg, ready)},
+            {"status": node_status(self.cfg, ready, self._ready_since)},
             STRATEGIC_PATCH,
         )
 
