@@ -169,7 +169,12 @@ def build_rank(job: RankJob) -> dict[str, str | None]:
         plugin_config.enable_paged_kv_cache(tokens_per_block=job.plugin.paged_kv_tokens_per_block)
     else:
         plugin_config.paged_kv_cache = False
-    build_config = BuildConfig.from_dict(dict(job.build), plugin_config=plugin_config)
+    known = accepted_fields(BuildConfig)
+    build = {k: v for k, v in job.build.items() if known is None or k in known}
+    if known is not None and set(job.build) - known:
+        # e.g. multiple_profiles, which lives on PluginConfig; strict (pydantic) versions reject it.
+        log_event("compile", "build-keys-dropped", keys=sorted(set(job.build) - known))
+    build_config = BuildConfig.from_dict(build, plugin_config=plugin_config)
     if job.lora is not None:
         from tensorrt_llm.lora_manager import LoraConfig
 
@@ -178,6 +183,15 @@ def build_rank(job: RankJob) -> dict[str, str | None]:
     engine = tensorrt_llm.build(model, build_config)
     engine.save(job.engine_dir)
     return {"tensorrt_llm": getattr(tensorrt_llm, "__version__", None), "tensorrt": _tensorrt_version()}
+
+
+def accepted_fields(cls: Any) -> set[str] | None:
+    """Field names of a dataclass or pydantic config class; None when it declares neither."""
+    fields = getattr(cls, "model_fields", None)
+    if isinstance(fields, dict):
+        return set(fields)
+    fields = getattr(cls, "__dataclass_fields__", None)
+    return set(fields) if isinstance(fields, dict) else None
 
 
 def _tensorrt_version() -> str | None:

@@ -94,17 +94,16 @@ def hash_files(files: list[tuple[Path, str]], workers: int = 2) -> list[LocalFil
     return run_all(one, files, workers)  # hashlib releases the GIL
 
 
-def read_manifest(store: ObjectStore) -> Manifest | None:
+def read_manifest(store: ObjectStore) -> tuple[Manifest, bytes] | None:
     try:
         data = store.get_bytes(MANIFEST_FILE)
     except Exception as exc:
-        raise PublishFailed(
-            f"cannot read {store.uri(MANIFEST_FILE)}: {describe(exc)}", stage="publish"
-        ) from exc
+        message = f"cannot read {store.uri(MANIFEST_FILE)}: {describe(exc)}"
+        raise PublishFailed(message, stage="publish") from exc
     if data is None:
         return None
     try:
-        return Manifest.model_validate_json(data)
+        return Manifest.model_validate_json(data), data
     except ValidationError as exc:
         log_event("publish", "manifest-unreadable", level="warning", error=str(exc)[:500])
         return None
@@ -112,15 +111,15 @@ def read_manifest(store: ObjectStore) -> Manifest | None:
 
 def existing_engine(store: ObjectStore, cache_key: str) -> tuple[Manifest, str] | None:
     """The published manifest (and its sha256) when it is for this cache key and its files are there."""
-    manifest = read_manifest(store)
-    if manifest is None or not manifest_matches(manifest, cache_key):
+    found = read_manifest(store)
+    if found is None or not manifest_matches(found[0], cache_key):
         return None
+    manifest, data = found
     for f in manifest.files:
         info = store.head(f.path)
         if info is None or info.size != f.size:
             log_event("publish", "manifest-incomplete", level="warning", file=f.path)
             return None
-    data = store.get_bytes(MANIFEST_FILE) or b""
     return manifest, hashlib.sha256(data).hexdigest()
 
 
