@@ -165,7 +165,8 @@ def fetch_source(
 
     assert isinstance(loc, S3Location)
     client = make_client("source", plan.source.endpoint, opts.settings)
-    return S3Fetcher(client, loc, work / "source", opts.settings, progress).run()
+    fetcher = S3Fetcher(client, loc, work / "source", opts.settings, progress, plan.source.identity)
+    return fetcher.run()
 
 
 def run_build(plan: BuildPlan, opts: Options) -> BuildResult:

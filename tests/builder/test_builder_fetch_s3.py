@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pitcrew.cachekey import ListedObject, listing_digest
 from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.s3 import TransferSettings
@@ -135,3 +136,18 @@ def test_fetch_of_an_empty_prefix_is_source_unavailable(s3: S3Info, s3_prefix: s
         S3Fetcher(s3.client(), S3Location(s3.bucket, s3_prefix), tmp_path / "src", SETTINGS).run()
     with pytest.raises(SourceUnavailable, match="NoSuchBucket"):
         S3Fetcher(s3.client(), S3Location("no-such-bucket-x", "p"), tmp_path / "src2", SETTINGS).run()
+
+
+def test_fetch_refuses_a_source_that_changed_since_planning(
+    s3: S3Info, s3_prefix: str, source: dict[str, bytes], tmp_path: Path
+) -> None:
+    client = s3.client()
+    listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=s3_prefix + "/")["Contents"]
+    planned = listing_digest([ListedObject(o["Key"], o["Size"], o["ETag"]) for o in listing], s3_prefix)
+    loc = S3Location(s3.bucket, s3_prefix)
+    S3Fetcher(client, loc, tmp_path / "a", SETTINGS, expected_identity=planned).run()
+    _upload(s3, s3_prefix, {"config.json": b'{"changed": true}'})
+    with pytest.raises(SourceUnavailable, match="changed after the build was planned"):
+        S3Fetcher(client, loc, tmp_path / "b", SETTINGS, expected_identity=planned).run()
+    # Revision-pinned sources are identified by the revision, not re-checked here.
+    S3Fetcher(client, loc, tmp_path / "c", SETTINGS, expected_identity="revision:v1").run()

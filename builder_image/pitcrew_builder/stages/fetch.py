@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pitcrew.cachekey import ListedObject, listing_digest
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.hashing import b64_to_hex, md5_file, sha256_file
 from pitcrew_builder.logging import log_event
@@ -152,8 +153,12 @@ class S3Fetcher:
         dest: Path,
         settings: TransferSettings,
         progress: FractionFn | None = None,
+        expected_identity: str | None = None,
     ) -> None:
         self.client = client
+        # The controller's digest of the listing the cache key was computed from ("listing:sha256:…").
+        self.expected_identity = expected_identity
+        self.listing: list[ListedObject] = []
         self.location = location
         self.dest = dest
         self.settings = settings
@@ -173,6 +178,9 @@ class S3Fetcher:
             )
             for page in pages:
                 for item in page.get("Contents", []):
+                    self.listing.append(
+                        ListedObject(item["Key"], int(item["Size"]), str(item.get("ETag", "")))
+                    )
                     rel = relative_name(item["Key"], prefix)
                     if not rel or rel.endswith("/"):
                         continue  # "directory" placeholder objects
@@ -188,6 +196,20 @@ class S3Fetcher:
         if not objects:
             raise SourceUnavailable(f"no objects under {self.location.uri()}/", stage="fetch")
         return objects
+
+    def _check_identity(self) -> None:
+        """Refuse to build from objects other than those the cache key names (the source changed
+        between planning and fetching); a revision-pinned or unpinned source is not checked here."""
+        expected = self.expected_identity
+        if not expected or not expected.startswith("listing:"):
+            return
+        actual = listing_digest(self.listing, self.location.prefix)
+        if actual != expected:
+            raise SourceUnavailable(
+                f"{self.location.uri()}/ changed after the build was planned (listing digest {actual}, "
+                f"planned {expected}); the build must be planned again",
+                stage="fetch",
+            )
 
     def _state_path(self) -> Path:
         return self.dest / STATE_FILE
@@ -221,6 +243,7 @@ class S3Fetcher:
         started = time.monotonic()
         self.dest.mkdir(parents=True, exist_ok=True)
         objects = self.list_objects()
+        self._check_identity()
         completed = self._load_state()
         skip, todo = plan_fetch(objects, completed, self._local_size)
         self._total = sum(o.size for o in objects)
