@@ -303,3 +303,22 @@ def test_missing_binaries_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PITCREW_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DevclusterError, match=r"binaries missing for etcd .*build-tools.sh etcd.*~20 min"):
         binaries.locate(["etcd"], build=False)
+
+
+def test_missing_binaries_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stand-in for hack/build-tools.sh with the same contract: --print lists folders, a plain
+    # run builds into them (here: fake binaries plus the .complete marker).
+    script = tmp_path / "build-tools.sh"
+    script.write_text(
+        "#!/usr/bin/env bash\nset -e\nd=$PITCREW_CACHE_DIR/bin/etcd-v0\n"
+        'if [ "$1" != --print ]; then mkdir -p $d; printf "#!/bin/sh\\n" > $d/etcd; chmod +x $d/etcd;'
+        " touch $d/.complete; echo 'build-tools: built' >&2; fi\necho etcd=$d\n"
+    )
+    monkeypatch.setenv("PITCREW_BUILD_TOOLS", str(script))
+    monkeypatch.setenv("PITCREW_CACHE_DIR", str(tmp_path / "cache"))
+    bins = binaries.locate(["etcd"], build=True)
+    assert bins.path("etcd") == tmp_path / "cache" / "bin" / "etcd-v0" / "etcd"
+    assert "building etcd from Go modules" in capsys.readouterr().err
+    assert binaries.missing(bins.dirs) == []
