@@ -111,11 +111,13 @@ def up(opts: UpOptions) -> ClusterInfo:
         if prev is not None:
             live = prev.live()
             if live:
+                cli = "python -m pitcrew.devcluster"
+                if sd != state.default_state_dir().resolve():
+                    cli += f" --state-dir {sd}"
                 raise DevclusterError(
                     f"a devcluster is already running in {sd} "
-                    f"({', '.join(f'{p.name}={p.pid}' for p in live)}); use it "
-                    f"(`python -m pitcrew.devcluster env`), stop it (`python -m pitcrew.devcluster down`) "
-                    f"or pick another state dir (PITCREW_STATE_DIR)"
+                    f"({', '.join(f'{p.name}={p.pid}' for p in live)}); use it (`{cli} env`), "
+                    f"stop it (`{cli} down`) or pick another state dir (PITCREW_STATE_DIR)"
                 )
             opts.say(f"removing stale state of a devcluster that is no longer running in {sd}")
             kill_pod_processes(sd)
