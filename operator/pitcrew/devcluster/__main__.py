@@ -18,16 +18,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m pitcrew.devcluster",
         description="Local Kubernetes control plane + S3 + local GPU node for tests.",
     )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="where state, logs and kubeconfig live (default: $PITCREW_STATE_DIR or "
-        ".pitcrew/devcluster in the checkout)",
+    state_help = (
+        "where state, logs and kubeconfig live (default: $PITCREW_STATE_DIR or .pitcrew/devcluster "
+        "in the checkout)"
     )
+    p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    # Also accepted after the subcommand; SUPPRESS keeps a missing one from hiding the top-level one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=state_help)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    u = sub.add_parser("up", help="start everything; refused if already running")
+    u = sub.add_parser("up", parents=[common], help="start everything; refused if already running")
     d = cluster.UpOptions()
     u.add_argument("--node-name", default=d.node_name)
     u.add_argument("--gpus", type=int, default=d.gpus, help="nvidia.com/gpu capacity of the local node")
@@ -50,19 +51,23 @@ def _parser() -> argparse.ArgumentParser:
         help="run images starting with PREFIX as PROGRAM (its ENTRYPOINT); repeatable",
     )
 
-    dn = sub.add_parser("down", help="stop everything (process groups); keeps logs and S3 data")
+    dn = sub.add_parser(
+        "down", parents=[common], help="stop everything (process groups); keeps logs and S3 data"
+    )
     dn.add_argument("--purge", action="store_true", help="also delete the state dir's contents")
 
-    k = sub.add_parser("kwok", help="add N kwok fake GPU nodes to the running cluster (starts kwok)")
+    k = sub.add_parser(
+        "kwok", parents=[common], help="add N kwok fake GPU nodes to the running cluster (starts kwok)"
+    )
     k.add_argument("count", type=int)
     k.add_argument("--gpus", type=int, default=d.gpus)
     k.add_argument("--gpu-product", default=d.gpu_product)
     k.add_argument("--compute-capability", default=d.compute_capability)
 
-    e = sub.add_parser("env", help="print shell exports for the running cluster")
+    e = sub.add_parser("env", parents=[common], help="print shell exports for the running cluster")
     e.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("status", help="components, pids, readiness")
+    s = sub.add_parser("status", parents=[common], help="components, pids, readiness")
     s.add_argument("--json", action="store_true")
     return p
 

@@ -15,6 +15,7 @@ Ready with a Lease and status heartbeats, and runs the pods bound to it as plain
   termination messages), restartPolicy Never / OnFailure / Always and activeDeadlineSeconds are
   honoured, and deleting a pod kills its process group (SIGTERM, SIGKILL after the grace period).
 
-No isolation, no resource limits, no images, no networking, no `kubectl logs` / `exec`.
+No isolation, no resource limits, no images, no networking, no `kubectl exec`; readOnly mounts,
+securityContext and emptyDir sizeLimit are ignored. `kubectl logs` works (see `logserver`).
 Run it with `python -m pitcrew.devcluster.localnode --config FILE` (devcluster `up` does).
 """
