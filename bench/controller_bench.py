@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import threading
@@ -31,7 +30,6 @@ from controller.harness import (  # noqa: E402
     new_namespace,
     wait_for,
 )
-
 from pitcrew.devcluster import UpOptions, down, start_kwok, up  # noqa: E402
 from pitcrew.devcluster.kwok import TOLERATION  # noqa: E402
 
@@ -71,7 +69,13 @@ def kwok_build(cluster: Any, name: str, ns: str) -> dict[str, Any]:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def phase(client: Any, ns: str, name: str) -> str | None:
+    eb = client.get(f"{EB_API}/namespaces/{ns}/enginebuilds/{name}")
+    value: str | None = (eb.get("status") or {}).get("phase")
+    return value
 
 
 def counts(path: Path) -> dict[str, int]:
@@ -116,8 +120,7 @@ def main() -> int:
         for i in range(args.builds):
             body = engine_build(cluster, f"w{i}", ns, mode="sleep-3", **{"build.maxBatchSize": 10 + i})
             client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", body)
-            wait_for(f"w{i}", lambda i=i: (client.get(f"{EB_API}/namespaces/{ns}/enginebuilds/w{i}").get("status")
-                                             or {}).get("phase") == "Succeeded", timeout=60, op=op)  # fmt: skip
+            wait_for(f"w{i}", lambda i=i: phase(client, ns, f"w{i}") == "Succeeded", timeout=60, op=op)
         time.sleep(3)
         after = counts(count_file)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
@@ -129,9 +132,8 @@ def main() -> int:
         report.append("| Request | per build |\n|---|---|")
         for k, v in sorted(delta.items()):
             report.append(f"| `{k}` | {v / args.builds:.1f} |")
-        report.append(
-            f"| **total** | **{total / args.builds:.1f}** (without Events: {(total - events) / args.builds:.1f}) |\n"
-        )
+        per, bare = total / args.builds, (total - events) / args.builds
+        report.append(f"| **total** | **{per:.1f}** (without Events: {bare:.1f}) |\n")
 
         # 2. Single-object latency, apply -> Job created (kwok nodes).
         ns = new_namespace(cluster, "single")
@@ -165,19 +167,19 @@ def main() -> int:
         report.append(f"### Burst of {args.burst} objects (applied in {applied:.1f} s by 8 client threads)\n")
         report.append(
             f"apply -> Job p50 {pct(blat, 0.5):.0f} ms, p99 {pct(blat, 0.99):.0f} ms; all {args.burst} Jobs "
-            f"created {total_s:.1f} s after the first apply. Operator RSS after the burst: {op.rss_mib():.0f} MiB\n"
+            f"created {total_s:.1f} s after the first apply. "
+            f"Operator RSS after the burst: {op.rss_mib():.0f} MiB\n"
         )
 
         # 4. Memory with N EngineBuilds (cache hits of one published engine: the steady state).
         ns = new_namespace(cluster, "mem")
         first = engine_build(cluster, "m0", ns)
         client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", first)
-        wait_for("m0", lambda: (client.get(f"{EB_API}/namespaces/{ns}/enginebuilds/m0").get("status") or {})
-                 .get("phase") == "Succeeded", timeout=60, op=op)  # fmt: skip
+        wait_for("m0", lambda: phase(client, ns, "m0") == "Succeeded", timeout=60, op=op)
         n = args.objects - 1 - args.burst - args.single - args.builds
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: client.create(f"{EB_API}/namespaces/{ns}/enginebuilds",
-                                                  engine_build(cluster, f"m{i}", ns)), range(1, n + 1)))  # fmt: skip
+            path = f"{EB_API}/namespaces/{ns}/enginebuilds"
+            list(pool.map(lambda i: client.create(path, engine_build(cluster, f"m{i}", ns)), range(1, n + 1)))
 
         def all_done() -> bool:
             items = client.get(f"{EB_API}/namespaces/{ns}/enginebuilds")["items"]

@@ -198,7 +198,12 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     out_creds = credentials(secrets, spec.output.credentials_secret_ref)
     out_endpoint = spec.output.endpoint or RT.settings.s3_endpoint
 
-    existing = await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
+    if cause == "create":
+        # A new object has no Jobs yet (a retried create that made one gets 409 below and adopts it):
+        # skip the LIST, it is the hot path of a burst.
+        existing = list(RT.jobs.get(uid, {}).values())
+    else:
+        existing = await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
     same_key = [
         j for j in existing if _ann(j, jobs.ANN_KEY) == key and not j["metadata"].get("deletionTimestamp")
     ]
