@@ -33,7 +33,8 @@ demo: venv tools
 	bash hack/demo.sh
 
 down:
-	@test -x $(PY) && $(PY) -m pitcrew.devcluster down || echo "nothing to stop"
+	@pid=$${PITCREW_STATE_DIR:-.pitcrew/devcluster}/operator.pid; if [ -f $$pid ]; then kill $$(cat $$pid) 2>/dev/null || true; rm -f $$pid; fi
+	@if [ -x $(PY) ]; then $(PY) -m pitcrew.devcluster down; else echo "nothing to stop"; fi
 
 test: venv tools lint
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
