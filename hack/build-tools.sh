@@ -91,9 +91,19 @@ build_etcd() {
 
 build_kwok() {
   local out; out=$(bindir kwok "$KWOK_VERSION")
-  cached "$out" kwok && return 0
+  cached "$out" kwok && [ -f "$out/stages/pod-complete.yaml" ] && return 0
   rm -rf "$out"; mkdir -p "$out"
-  _kwok() { GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" && touch "$out/.complete"; }
+  _kwok() {
+    GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    # The kwok binary has no built-in stages (kwokctl embeds them): keep the release's "fast"
+    # node and pod stages beside it, taken from the module just downloaded.
+    local stages; stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+    mkdir -p "$out/stages"
+    cp "$stages"/node/fast/node-initialize.yaml "$stages"/node/heartbeat/node-heartbeat.yaml \
+       "$stages"/pod/fast/pod-ready.yaml "$stages"/pod/fast/pod-complete.yaml "$stages"/pod/fast/pod-delete.yaml \
+       "$out/stages/"
+    touch "$out/.complete"
+  }
   step "kwok-$KWOK_VERSION" _kwok
 }
 

@@ -215,7 +215,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
         start("localnode", [sys.executable, "-m", "pitcrew.devcluster.localnode", "--config", str(node_cfg)])
         if opts.kwok_nodes:
-            start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok")))
+            start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok", bins)))
         client = info.client()
         checks = [
             readiness.Check(
@@ -334,7 +334,7 @@ def start_kwok(
         if kw is None or not procs.is_alive(kw):
             bins = binaries.locate(["kwok"], build=build)
             argv = kwok.argv(
-                bins, info.kubeconfig, ports.pick_free_ports(1)[0], kwok.write_config(sd / "kwok")
+                bins, info.kubeconfig, ports.pick_free_ports(1)[0], kwok.write_config(sd / "kwok", bins)
             )
             proc, popen = procs.launch("kwok", argv, sd / "logs" / "kwok.log", cwd=sd)
             st.procs = [p for p in st.procs if p.name != "kwok"] + [proc]

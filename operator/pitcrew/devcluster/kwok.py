@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import Binaries
-from .kwok_stages import STAGES
+from .errors import DevclusterError
 from .ports import LOOPBACK
 
 ANNOTATION = "kwok.x-k8s.io/node"
@@ -21,11 +21,17 @@ TAINT = {"key": ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 TOLERATION = {"key": ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}
 
 
-def write_config(directory: Path) -> Path:
-    """kwok's stages (see kwok_stages) as the -c file."""
+def write_config(directory: Path, bins: Binaries) -> Path:
+    """kwok's release "fast" stages, kept beside the binary by hack/build-tools.sh, as one -c file."""
+    stages = sorted((bins.path("kwok").parent / "stages").glob("*.yaml"))
+    if not stages:
+        raise DevclusterError(
+            f"no kwok stages beside {bins.path('kwok')}: rebuild kwok with `hack/build-tools.sh kwok`",
+            component="kwok",
+        )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "stages.yaml"
-    path.write_text(STAGES)
+    path.write_text("\n---\n".join(stage.read_text() for stage in stages))
     return path
 
 
