@@ -102,6 +102,24 @@ def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) ->
     assert d["opt_num_tokens"] == 128  # never above max_num_tokens
 
 
+def test_check_refuses_lora_without_targets_and_size_skew() -> None:
+    from pitcrew_builder.errors import InvalidSpec
+
+    lora = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        build={"lora": {"enabled": True}},
+    )
+    with pytest.raises(InvalidSpec, match="targetModules"):
+        BACKEND.check(lora)
+    skewed = _megatron_plan()
+    skewed.sizes.max_num_tokens = 1234  # the controller resolved something else: version skew
+    with pytest.raises(InvalidSpec, match="max_num_tokens=1234"):
+        BACKEND.check(skewed)
+    BACKEND.check(_megatron_plan())
+
+
 def test_model_classes() -> None:
     assert model_class_name("LlamaForCausalLM") == "LLaMAForCausalLM"
     assert model_class_name("MistralForCausalLM") == "LLaMAForCausalLM"

@@ -222,6 +222,8 @@ class TrtllmBackend:
                 workers=plan.build.workers,
                 gpus=plan.target.gpu_count,
             )
+        if plan.build.lora.enabled and not plan.build.lora.target_modules:
+            raise InvalidSpec("build.lora.enabled needs build.lora.targetModules (e.g. attn_qkv, attn_dense)")
         mismatches = sizes_warnings(plan, build_config_dict(plan, "", Path(TIMING_CACHE)))
         if mismatches:
             # Controller and builder resolve sizes with the same function; a difference is version skew.
