@@ -187,3 +187,41 @@ def test_validate_files_and_config(tmp_path: Path) -> None:
     bad["pretrained_config"]["mapping"]["tp_size"] = 1
     problems = config_problems(bad, plan, cfg)
     assert any("max_seq_len is 7" in p for p in problems) and any("tp_size is 1" in p for p in problems)
+
+
+def test_convert_arguments_from_the_plan() -> None:
+    from pitcrew.api.v1alpha1 import ModelOverrides, Quantization
+    from pitcrew_builder.stages.convert import convert_arguments
+
+    plan = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        source_format="megatron",
+        tp=2,
+        pp=2,
+        dtype=None,
+    )
+    plan.model = ModelOverrides(architecture="GPT2LMHeadModel", num_attention_heads=8, vocab_size=50257)
+    plan.quantization = Quantization(weights="int4")
+    args = convert_arguments(plan)
+    assert args == {
+        "source_format": "megatron",
+        "tp": 2,
+        "pp": 2,
+        "dtype": "auto",
+        "fields": {"num_attention_heads": 8, "vocab_size": 50257, "architecture": "GPTForCausalLM"},
+        "quantization": "int4",
+        "kv_cache": "none",
+    }
+
+
+def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitcrew_builder.pipeline import Options
+
+    monkeypatch.delenv("PITCREW_WORK_DIR", raising=False)
+    monkeypatch.setenv("PITCREW_SCRATCH", "/scratch2")
+    monkeypatch.setenv("PITCREW_S3_CONCURRENCY", "3")
+    opts = Options.from_env(None)
+    assert opts.work_root == Path("/scratch2") and opts.settings.concurrency == 3
+    assert Options.from_env("/w").work_root == Path("/w")
