@@ -168,6 +168,8 @@ def render_job(
         "name": CONTAINER,
         "image": resolved.builder_image,
         "imagePullPolicy": settings.image_pull_policy,
+        # The image's ENTRYPOINT is pitcrew-builder; the plan path comes from $PITCREW_PLAN.
+        "args": ["build"],
         "env": env,
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",

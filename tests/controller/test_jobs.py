@@ -92,7 +92,7 @@ def test_job_shape() -> None:
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert c["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
     assert c["resources"]["requests"]["nvidia.com/gpu"] == "2"
-    assert c["image"] == "ghcr.io/pitcrew/builder:0.1.0"
+    assert c["image"] == "ghcr.io/pitcrew/builder:0.1.0" and c["args"] == ["build"] and "command" not in c
     env = {e["name"]: e for e in c["env"]}
     key_var, secret_var = CREDENTIAL_ENV["output"]
     assert env[key_var]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
