@@ -42,18 +42,40 @@ def test_every_status_field_is_declared() -> None:
     crd = yaml.safe_load(crdgen.render())
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     declared = set(status["properties"])
-    for field in ("phase", "conditions", "cacheKey", "engine", "job", "progress", "observedGeneration",
-                  "startTime", "completionTime", "message"):
+    for field in (
+        "phase",
+        "conditions",
+        "cacheKey",
+        "engine",
+        "job",
+        "progress",
+        "observedGeneration",
+        "startTime",
+        "completionTime",
+        "message",
+    ):
         assert field in declared
     engine = set(status["properties"]["engine"]["properties"])
-    assert {"uri", "manifestUri", "sizeBytes", "fileCount", "manifestSha256", "computeCapability",
-            "trtllmVersion", "tensorrtVersion"} <= engine
+    assert {
+        "uri",
+        "manifestUri",
+        "sizeBytes",
+        "fileCount",
+        "manifestSha256",
+        "computeCapability",
+        "trtllmVersion",
+        "tensorrtVersion",
+    } <= engine
 
 
 def test_names_and_printer_columns() -> None:
     crd = yaml.safe_load(crdgen.render())
     names = crd["spec"]["names"]
-    assert (crd["spec"]["group"], names["plural"], names["kind"]) == ("pitcrew.dev", "enginebuilds", "EngineBuild")
+    assert (crd["spec"]["group"], names["plural"], names["kind"]) == (
+        "pitcrew.dev",
+        "enginebuilds",
+        "EngineBuild",
+    )
     assert names["shortNames"] == ["eb"] and "pitcrew" in names["categories"]
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert columns == ["Phase", "Model", "Backend", "GPU", "Engine", "Age"]

@@ -26,10 +26,17 @@ def test_defaults_match_megatron_builder() -> None:
 def test_megatron_default_sizes() -> None:
     b = BuildOptions()
     sizes = resolve_sizes(
-        max_input_len=b.max_input_len, max_output_len=b.max_output_len, max_seq_len=b.max_seq_len,
-        max_batch_size=b.max_batch_size, max_beam_width=b.max_beam_width, max_num_tokens=b.max_num_tokens,
-        opt_num_tokens=b.opt_num_tokens, remove_input_padding=b.remove_input_padding, context_fmha=True,
-        tokens_per_block=b.tokens_per_block, multiple_profiles=b.multiple_profiles,
+        max_input_len=b.max_input_len,
+        max_output_len=b.max_output_len,
+        max_seq_len=b.max_seq_len,
+        max_batch_size=b.max_batch_size,
+        max_beam_width=b.max_beam_width,
+        max_num_tokens=b.max_num_tokens,
+        opt_num_tokens=b.opt_num_tokens,
+        remove_input_padding=b.remove_input_padding,
+        context_fmha=True,
+        tokens_per_block=b.tokens_per_block,
+        multiple_profiles=b.multiple_profiles,
     )
     assert (sizes.max_seq_len, sizes.max_num_tokens, sizes.opt_num_tokens) == (2048, 8192, 4)
 
@@ -45,9 +52,17 @@ def test_megatron_default_sizes() -> None:
 )
 def test_max_num_tokens_rules(padding: bool, fmha: bool, given: int, expected: int) -> None:
     sizes = resolve_sizes(
-        max_input_len=1024, max_output_len=1024, max_seq_len=None, max_batch_size=4, max_beam_width=1,
-        max_num_tokens=given, opt_num_tokens=None, remove_input_padding=padding, context_fmha=fmha,
-        tokens_per_block=128, multiple_profiles=False,
+        max_input_len=1024,
+        max_output_len=1024,
+        max_seq_len=None,
+        max_batch_size=4,
+        max_beam_width=1,
+        max_num_tokens=given,
+        opt_num_tokens=None,
+        remove_input_padding=padding,
+        context_fmha=fmha,
+        tokens_per_block=128,
+        multiple_profiles=False,
     )
     assert sizes.max_num_tokens == expected
     assert sizes.opt_num_tokens is None or sizes.opt_num_tokens <= sizes.max_num_tokens
