@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from tiny_models import VOCAB, hf_logits, make_gpt2, make_llama, make_qwen2
-from transformers import PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from pitcrew_builder.checkpoint import read_config, validate_checkpoint
 from pitcrew_builder.convert import ModelOverrides, convert
@@ -167,3 +167,41 @@ def test_parallel_embedding(
         shape = tuple(f.get_slice("transformer.vocab_embedding.weight").get_shape())
     assert shape == ((51, 64) if dim == 0 else (VOCAB, 32))  # vocab 101 padded to 102 when split by rows
     torch.testing.assert_close(_logits(tmp_path), hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+            "rope_theta": 500000.0,
+        },
+    ],
+)
+def test_rope_scaling(tmp_path: Path, rope: dict[str, object]) -> None:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_parameters=rope,
+    )
+    model = LlamaForCausalLM(cfg)
+    torch.nn.Module.eval(model)
+    model.save_pretrained(tmp_path / "hf")
+    config = convert(tmp_path / "hf", "hf", tmp_path / "out", tp=2, pp=1, dtype="float32")
+    assert config.rotary_scaling is not None and config.rotary_scaling["type"] == rope["rope_type"]
+    assert config.rotary_base == rope["rope_theta"]
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = ReferenceModel.from_checkpoint(tmp_path / "out")(ids)
+    torch.testing.assert_close(got, hf_logits(model, ids), rtol=1e-4, atol=1e-4)
