@@ -9,7 +9,6 @@ from pitcrew.api.plan import BuildPlan
 from pitcrew_builder.backends.base import ProgressFn
 from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError
 from pitcrew_builder.errors import InvalidCheckpoint
-from pitcrew_builder.logging import log_event
 
 
 def convert_arguments(plan: BuildPlan) -> dict[str, Any]:
@@ -42,14 +41,6 @@ def run_convert(plan: BuildPlan, source_dir: Path, out_dir: Path, progress: Prog
     from pitcrew_builder.convert.api import ModelOverrides, convert
 
     args = convert_arguments(plan)
-    if args["kv_cache"] != "none" and args["quantization"] != "fp8":
-        log_event(
-            "convert",
-            "kv-cache-quantization",
-            level="warning",
-            message=f"quantization.kvCache {args['kv_cache']} is applied by TensorRT-LLM at build only "
-            "with calibrated scales; the converter writes it only together with fp8 weights",
-        )
     # An HF config names its own architecture; the spec's matters for Megatron checkpoints.
     fields = {k: v for k, v in args["fields"].items() if k != "architecture" or args["source_format"] != "hf"}
     overrides = ModelOverrides(fields=fields)
@@ -63,6 +54,7 @@ def run_convert(plan: BuildPlan, source_dir: Path, out_dir: Path, progress: Prog
             dtype=args["dtype"],
             overrides=overrides,
             quantization=args["quantization"],
+            kv_cache=args["kv_cache"],
             progress=progress,
         )
     except CheckpointError as exc:
