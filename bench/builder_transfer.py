@@ -17,7 +17,9 @@ Both sides use their default settings (pitcrew: TransferSettings.from_env(), i.e
 64 MiB parts unless PITCREW_S3_* is set; s5cmd: its defaults). The source prefix for the fetches is
 uploaded by s5cmd (multipart, so its ETags are not MD5s and pitcrew's fetch has no checksum to verify
 for the large files, as for a model uploaded with the aws cli). Prints MiB/s, and the ratio
-pitcrew/s5cmd (>1 means pitcrew is faster), plus where pitcrew's publish time goes (hashing).
+pitcrew/s5cmd (>1 means pitcrew is faster), plus where the time goes: CPU seconds of the client
+(pitcrew in this process, or the s5cmd process) and of MinIO per transfer, pitcrew's sha256 time, and
+a diagnostic pitcrew fetch with every file through boto3's download_file (files in parallel).
 Everything (MinIO, the temp dir) is removed at the end.
 """
 
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import io
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -35,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -65,6 +68,17 @@ class Timeout(Exception):
 @dataclass
 class Samples:
     seconds: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)  # CPU seconds of pitcrew (in-process) / s5cmd
+    server_cpu: list[float] = field(default_factory=list)  # CPU seconds of MinIO
+
+    def add(self, seconds: float, client_cpu: float, server_cpu: float) -> None:
+        self.seconds.append(seconds)
+        self.client_cpu.append(client_cpu)
+        self.server_cpu.append(server_cpu)
+
+    def at_best(self) -> tuple[float, float]:
+        i = self.seconds.index(self.best())
+        return self.client_cpu[i], self.server_cpu[i]
 
     def best(self) -> float:
         return min(self.seconds)
@@ -117,7 +131,7 @@ def write_files(root: Path, sizes: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def minio(tmp: Path) -> Iterator[s3server.S3Info]:
+def minio(tmp: Path) -> Iterator[tuple[s3server.S3Info, int]]:
     bins = locate(["minio"], build=False)
     port, console = pick_free_ports(2)
     info = s3server.credentials(BUCKET, port)
@@ -137,7 +151,7 @@ def minio(tmp: Path) -> Iterator[s3server.S3Info]:
                 raise SystemExit(f"MinIO did not start; see {tmp / 'minio.log'}")
             time.sleep(0.2)
         s3server.ensure_bucket(info)
-        yield info
+        yield info, proc.pid
     finally:
         proc.terminate()
         try:
@@ -157,6 +171,23 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def own_and_children_cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measured(fn: Callable[[], Any], server_pid: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process and its reaped children, CPU seconds of MinIO)."""
+    client, server = own_and_children_cpu(), cpu_seconds(server_pid)
+    secs = timed(fn)
+    return secs, own_and_children_cpu() - client, cpu_seconds(server_pid) - server
+
+
 def s5cmd(info: s3server.S3Info, *args: str) -> None:
     argv = [s5cmd_binary(), "--endpoint-url", info.endpoint, *args]
     proc = subprocess.run(argv, env={**os.environ, **info.env()}, capture_output=True, text=True, check=False)
@@ -164,8 +195,10 @@ def s5cmd(info: s3server.S3Info, *args: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr[-2000:]}")
 
 
-def pitcrew_fetch(info: s3server.S3Info, prefix: str, dest: Path) -> None:
+def pitcrew_fetch(info: s3server.S3Info, prefix: str, dest: Path, all_boto: bool = False) -> None:
     settings = TransferSettings.from_env()
+    if all_boto:  # diagnostic: every file through boto3's download_file, files in parallel
+        settings = replace(settings, resumable_threshold=1 << 62)
     client = make_client("source", info.endpoint, settings)
     S3Fetcher(client, S3Location(BUCKET, prefix), dest, settings).run()
 
@@ -190,6 +223,8 @@ def pitcrew_publish(info: s3server.S3Info, src: Path, prefix: str) -> None:
 def fetch_with(who: str, info: s3server.S3Info, dest: Path) -> None:
     if who == "pitcrew":
         pitcrew_fetch(info, SOURCE_PREFIX, dest)
+    elif who == "pitcrew-boto":
+        pitcrew_fetch(info, SOURCE_PREFIX, dest, all_boto=True)
     else:
         s5cmd(info, "cp", f"s3://{BUCKET}/{SOURCE_PREFIX}/*", f"{dest}/")
 
@@ -236,32 +271,35 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     builder_log = io.StringIO()
     blog.set_stream(builder_log)  # the builder logs JSON lines to stdout; keep them out of the report
     results: dict[str, Samples] = {
-        k: Samples() for k in ("fetch-pitcrew", "fetch-s5cmd", "pub-pitcrew", "pub-s5cmd")
+        k: Samples()
+        for k in ("fetch-pitcrew", "fetch-s5cmd", "fetch-pitcrew-boto", "pub-pitcrew", "pub-s5cmd")
     }
     hash_seconds = Samples()
-    with minio(tmp) as info:
+    with minio(tmp) as (info, server):
         os.environ.update(info.env())
         s5cmd(info, "cp", f"{src}/*", f"s3://{BUCKET}/{SOURCE_PREFIX}/")  # the fetch source (untimed)
         for r in range(args.repeat):
             order = ["pitcrew", "s5cmd"] if r % 2 == 0 else ["s5cmd", "pitcrew"]
-            for who in order:
+            for who in [*order, "pitcrew-boto"]:
                 dest = fresh(tmp / f"fetch-{who}")
-                secs = timed(partial(fetch_with, who, info, dest))
+                secs, ccpu, scpu = measured(partial(fetch_with, who, info, dest), server)
                 if not same_tree(src, dest):
                     raise RuntimeError(f"{who} fetch did not reproduce the source tree")
-                results[f"fetch-{who}"].seconds.append(secs)
+                results[f"fetch-{who}"].add(secs, ccpu, scpu)
                 shutil.rmtree(dest)
                 print(
-                    f"repeat {r + 1}: fetch   {who:7s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s",
+                    f"repeat {r + 1}: fetch   {who:12s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s"
+                    f"  CPU: client {ccpu:5.1f} s, MinIO {scpu:5.1f} s",
                     flush=True,
                 )
             for who in order:
                 prefix = f"engines/{who}-{r}"
-                secs = timed(partial(publish_with, who, info, src, prefix))
-                results[f"pub-{who}"].seconds.append(secs)
+                secs, ccpu, scpu = measured(partial(publish_with, who, info, src, prefix), server)
+                results[f"pub-{who}"].add(secs, ccpu, scpu)
                 drop_prefix(info, prefix)
                 print(
-                    f"repeat {r + 1}: publish {who:7s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s",
+                    f"repeat {r + 1}: publish {who:12s} {secs:6.2f} s  {total / MiB / secs:7.1f} MiB/s"
+                    f"  CPU: client {ccpu:5.1f} s, MinIO {scpu:5.1f} s",
                     flush=True,
                 )
             hash_seconds.seconds.append(timed(lambda: hash_files(list_engine_files(src))))
@@ -303,6 +341,20 @@ def report(
     print(
         f"pitcrew publish breakdown: sha256 of all files (2 threads, warm page cache) {h:.2f} s "
         f"({mib / h:.0f} MiB/s) = {100 * h / pub:.0f}% of the publish; the rest is upload + manifest."
+    )
+    print()
+    print("CPU seconds during the best run (client = pitcrew in-process or the s5cmd process; 2 cores):")
+    print()
+    print("| Transfer | wall s | client CPU s | MinIO CPU s |")
+    print("|---|---|---|---|")
+    for key, samples in results.items():
+        c, srv = samples.at_best()
+        print(f"| {key} | {samples.best():.2f} | {c:.1f} | {srv:.1f} |")
+    boto = results["fetch-pitcrew-boto"].best()
+    print()
+    print(
+        f"Diagnostic: pitcrew fetch with every file through boto3 download_file (resumable threshold "
+        f"raised, files in parallel): {mib / boto:.0f} MiB/s ({boto:.2f} s)"
     )
     print(f"pitcrew fetch checksum verifications done: {verified} (over all repeats)")
     print("all runs (s): " + ", ".join(f"{k} {[round(x, 2) for x in v.seconds]}" for k, v in results.items()))
