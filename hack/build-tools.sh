@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler), kwok and MinIO from Go modules through the module proxy.
+# kube-scheduler), kwok, MinIO and helm from Go modules through the module proxy.
 # Binaries are cached outside the repo, one folder per component and version; a second run
 # only checks that they are there. Usage: hack/build-tools.sh [--print] [component ...]
 # --print only prints the name=dir lines (built or not; a built folder holds a .complete file).
@@ -12,6 +12,7 @@ if [ "${1:-}" = "--print" ]; then PRINT_ONLY=1; shift; fi
 K8S_VERSION=${PITCREW_K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${PITCREW_ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${PITCREW_KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${PITCREW_HELM_VERSION:-v3.22.0}
 MINIO_VERSION=${PITCREW_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 CACHE=${PITCREW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pitcrew}
 LOGS=$CACHE/logs
@@ -107,6 +108,14 @@ build_kwok() {
   step "kwok-$KWOK_VERSION" _kwok
 }
 
+build_helm() {
+  local out; out=$(bindir helm "$HELM_VERSION")
+  cached "$out" helm && return 0
+  rm -rf "$out"; mkdir -p "$out"
+  _helm() { GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" && touch "$out/.complete"; }
+  step "helm-$HELM_VERSION" _helm
+}
+
 build_minio() {
   local out; out=$(bindir minio "$MINIO_VERSION")
   cached "$out" minio && return 0
@@ -135,11 +144,11 @@ locked() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes minio kwok)
+[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes minio kwok helm)
 for c in "${components[@]}"; do
   case $c in
-    etcd|kubernetes|kwok|minio) [ $PRINT_ONLY = 1 ] || locked "$c" "build_$c" ;;
-    *) die "unknown component '$c' (choose from: etcd kubernetes minio kwok)" ;;
+    etcd|kubernetes|kwok|minio|helm) [ $PRINT_ONLY = 1 ] || locked "$c" "build_$c" ;;
+    *) die "unknown component '$c' (choose from: etcd kubernetes minio kwok helm)" ;;
   esac
 done
 # The paths, one per line, for whoever starts the components.
@@ -149,5 +158,6 @@ for c in "${components[@]}"; do
     kubernetes) echo "kubernetes=$(bindir kubernetes "$K8S_VERSION")" ;;
     kwok) echo "kwok=$(bindir kwok "$KWOK_VERSION")" ;;
     minio) echo "minio=$(bindir minio "$MINIO_VERSION")" ;;
+    helm) echo "helm=$(bindir helm "$HELM_VERSION")" ;;
   esac
 done

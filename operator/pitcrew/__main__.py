@@ -6,14 +6,53 @@ Namespaces come from PITCREW_NAMESPACES (empty: cluster-wide). Equivalent to
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import kopf
 
-from pitcrew.settings import Settings, SettingsError
+from pitcrew.settings import ENV_VARS, Settings, SettingsError
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
-def main() -> int:
+def credentials_problem(env: dict[str, str], home: Path, token: Path = SERVICE_ACCOUNT_TOKEN) -> str | None:
+    """Why kopf would not be able to log in, or None; kopf itself would retry every minute, forever."""
+    if token.is_file():
+        return None
+    configs = [Path(p) for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+    if configs:
+        missing = [str(p) for p in configs if not p.is_file()]
+        return f"KUBECONFIG names files that do not exist: {', '.join(missing)}" if missing else None
+    if (home / ".kube" / "config").is_file():
+        return None
+    return (
+        "no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG "
+        '(for the local cluster: eval "$(python -m pitcrew.devcluster env)")'
+    )
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {var.name:<38} {var.help} (default: {var.default!r})" for var in ENV_VARS)
+    return f"{(__doc__ or '').strip()}\n\nSettings (environment variables):\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args:
+        print(
+            f"pitcrew: unexpected arguments {args}; configuration is by environment (see --help)",
+            file=sys.stderr,
+        )
+        return 2
+    problem = credentials_problem(dict(os.environ), Path.home())
+    if problem:
+        print(f"pitcrew: {problem}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
     except SettingsError as e:
