@@ -1,6 +1,7 @@
 """Generates the EngineBuild CustomResourceDefinition from the typed models.
 
-`python -m pitcrew.api.crdgen` writes crds/enginebuilds.pitcrew.dev.yaml (or prints it with `-`).
+`python -m pitcrew.api.crdgen` writes crds/enginebuilds.pitcrew.dev.yaml and the chart's copy
+(or prints it with `-`).
 Pydantic's JSON schema is turned into a Kubernetes structural schema: references inlined, optionals
 made plain (not nullable), titles dropped, `x-kubernetes-*` extensions kept.
 """
@@ -149,8 +150,10 @@ def render() -> str:
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 
-def default_path() -> Path:
-    return Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
+def default_paths() -> list[Path]:
+    """crds/ for kubectl users, and the chart's crds/ (helm installs those before the templates)."""
+    repo = Path(__file__).resolve().parents[3]
+    return [repo / "crds" / CRD_FILE, repo / "helm" / "pitcrew" / "crds" / CRD_FILE]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "-":
         sys.stdout.write(text)
         return 0
-    path = Path(args[0]) if args else default_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
+    for path in [Path(a) for a in args] or default_paths():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
