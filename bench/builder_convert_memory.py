@@ -226,7 +226,10 @@ def report(args: argparse.Namespace, model_bytes: int, params: int, runs: list[R
         f"(VmHWM {hwm_base:.0f} MiB)"
     )
     print()
-    print("Peak RSS from wait4 ru_maxrss, VmHWM in brackets, conversion wall time after the slash.")
+    print(
+        "Peak RSS from wait4 ru_maxrss, VmHWM in brackets, subprocess wall time "
+        "(interpreter start and imports included) after the slash."
+    )
     print()
     print(
         "| tp | pitcrew | naive load_file | naive from_pretrained | ratio pitcrew/load_file "
