@@ -1,4 +1,10 @@
-"""`pitcrew-builder build --plan FILE`: run one build and report it on the termination-message path."""
+"""`pitcrew-builder build [--plan FILE | --plan-json JSON]`: run one build and report it on the
+termination-message path.
+
+The controller's Job passes the plan inline in $PITCREW_PLAN_JSON; `--plan FILE` / $PITCREW_PLAN
+read it from a file (local runs). An explicit option wins over the environment; --plan wins over
+--plan-json when both are given.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from pitcrew.api.plan import BuildPlan, BuildResult
+from pitcrew.api.plan import PLAN_JSON_ENV, BuildPlan, BuildResult
 from pitcrew_builder.errors import EXIT_OK, BuilderError, BuildFailed, InvalidSpec
 from pitcrew_builder.logging import log_event
 from pitcrew_builder.pipeline import Options, run_build
@@ -28,8 +34,13 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="fetch, convert, compile, validate and publish one engine")
     b.add_argument(
         "--plan",
-        default=os.environ.get("PITCREW_PLAN"),
-        help="BuildPlan JSON file, the mounted ConfigMap (default: $PITCREW_PLAN)",
+        default=os.environ.get("PITCREW_PLAN") or None,
+        help="BuildPlan JSON file (default: $PITCREW_PLAN)",
+    )
+    b.add_argument(
+        "--plan-json",
+        default=os.environ.get(PLAN_JSON_ENV) or None,
+        help=f"the BuildPlan as a JSON string, as the controller's Job passes it (default: ${PLAN_JSON_ENV})",
     )
     b.add_argument(
         "--work-dir", help="scratch directory (default: $PITCREW_WORK_DIR, $PITCREW_SCRATCH or /scratch)"
@@ -46,10 +57,20 @@ def load_plan(path: Path) -> BuildPlan:
         text = path.read_text()
     except OSError as exc:
         raise InvalidSpec(f"cannot read plan {path}: {exc}") from exc
+    return parse_plan(text, f"plan {path}")
+
+
+def parse_plan(text: str, where: str = "the inline plan") -> BuildPlan:
     try:
         return BuildPlan.model_validate_json(text)
     except ValidationError as exc:
-        raise InvalidSpec(f"plan {path} is invalid: {exc}") from exc
+        raise InvalidSpec(f"{where} is invalid: {exc}") from exc
+
+
+def plan_from_args(args: argparse.Namespace) -> BuildPlan:
+    if args.plan:
+        return load_plan(Path(args.plan))
+    return parse_plan(args.plan_json, f"--plan-json (${PLAN_JSON_ENV})")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -61,7 +82,7 @@ def build(args: argparse.Namespace) -> int:
     result_path = termination_log_path(args.termination_log)
     cache_key = "unknown"
     try:
-        plan = load_plan(Path(args.plan))
+        plan = plan_from_args(args)
         cache_key = plan.cache_key
         result = run_build(plan, Options.from_env(args.work_dir))
         write_result(result, result_path)
@@ -81,8 +102,8 @@ def build(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.command == "build" and not args.plan:
-        p.error("build needs --plan FILE (or $PITCREW_PLAN)")
+    if args.command == "build" and not args.plan and not args.plan_json:
+        p.error(f"build needs --plan FILE or --plan-json JSON (or $PITCREW_PLAN / ${PLAN_JSON_ENV})")
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.command == "build":
         return build(args)

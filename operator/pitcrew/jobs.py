@@ -1,4 +1,7 @@
-"""Renders the builder Job and its plan ConfigMap. Pure: dicts in, dicts out.
+"""Renders the builder Job, which carries the BuildPlan itself. Pure: dicts in, dicts out.
+
+One object per build: the plan travels in the Job's pod template (a few KiB of JSON), so there is
+no ConfigMap to create, own, garbage-collect or grant RBAC for.
 
 Least privilege: no service-account token, non-root, no privilege escalation, no capabilities,
 RuntimeDefault seccomp; credentials reach the builder only as secretKeyRef env vars.
@@ -10,7 +13,7 @@ import hashlib
 import re
 from typing import Any
 
-from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_FILE, BuildPlan
+from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_JSON_ENV, BuildPlan
 from pitcrew.api.v1alpha1 import API_VERSION, KIND, EngineBuildSpec, SecretReference
 from pitcrew.settings import Settings
 from pitcrew.validation import Resolved
@@ -25,7 +28,6 @@ ANN_KEY = "pitcrew.dev/cache-key"
 ANN_GENERATION = "pitcrew.dev/generation"
 SELECTOR = f"{MANAGED_BY}={MANAGER}"
 
-PLAN_DIR = "/etc/pitcrew"
 SCRATCH_DIR = "/scratch"
 PVC_ROOT = "/mnt/pvc"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -74,15 +76,9 @@ def _metadata(name: str, namespace: str, eb_name: str, eb_uid: str, plan: BuildP
     }
 
 
-def render_configmap(*, namespace: str, eb_name: str, eb_uid: str, plan: BuildPlan) -> dict[str, Any]:
-    name = job_name(eb_name, plan.cache_key, plan.generation)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace, eb_name, eb_uid, plan),
-        "data": {PLAN_FILE: plan.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
-        "immutable": True,
-    }
+def plan_json(plan: BuildPlan) -> str:
+    """The plan as the builder reads it: compact JSON (it is part of the Job object)."""
+    return plan.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def _secret_env(role: str, ref: SecretReference | None) -> list[dict[str, Any]]:
@@ -136,14 +132,12 @@ def render_job(
     name = job_name(eb_name, plan.cache_key, plan.generation)
     meta = _metadata(name, namespace, eb_name, eb_uid, plan)
     volumes: list[dict[str, Any]] = [
-        {"name": "plan", "configMap": {"name": name}},
         {
             "name": "scratch",
             "emptyDir": {"sizeLimit": settings.scratch_size_limit} if settings.scratch_size_limit else {},
         },
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     source_claim, output_claim = _pvc_claim(spec.source.uri), _pvc_claim(spec.output.uri)
@@ -156,7 +150,7 @@ def render_job(
         volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
         mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
     env: list[dict[str, Any]] = [
-        {"name": "PITCREW_PLAN", "value": f"{PLAN_DIR}/{PLAN_FILE}"},
+        {"name": PLAN_JSON_ENV, "value": plan_json(plan)},
         {"name": "PITCREW_SCRATCH", "value": SCRATCH_DIR},
         {"name": "PITCREW_PVC_ROOT", "value": PVC_ROOT},
         {"name": "HOME", "value": SCRATCH_DIR},
@@ -168,7 +162,7 @@ def render_job(
         "name": CONTAINER,
         "image": resolved.builder_image,
         "imagePullPolicy": settings.image_pull_policy,
-        # The image's ENTRYPOINT is pitcrew-builder; the plan path comes from $PITCREW_PLAN.
+        # The image's ENTRYPOINT is pitcrew-builder; the plan comes from $PITCREW_PLAN_JSON.
         "args": ["build"],
         "env": env,
         "volumeMounts": mounts,

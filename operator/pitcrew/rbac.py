@@ -26,7 +26,6 @@ PERMISSIONS: tuple[Permission, ...] = (
                "create builder Jobs; watch ours (label selector); find them per EngineBuild; "
                "GET a vanished Job; delete superseded or stopped Jobs"),
     Permission("", "pods", ("list", "watch"), "watch our builder Pods (label selector) for their state"),
-    Permission("", "configmaps", ("create", "delete"), "the plan ConfigMap of each Job"),
     Permission("", "secrets", ("get",), "check referenced S3 Secrets exist; read output credentials"),
     Permission("", "events", ("create",), "Kubernetes Events on each transition (kopf posts them)"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),

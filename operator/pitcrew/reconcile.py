@@ -250,13 +250,10 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         return
 
     plan = planned.plan
-    configmap = jobs.render_configmap(namespace=ns, eb_name=name, eb_uid=uid, plan=plan)
     job = jobs.render_job(
         namespace=ns, eb_name=name, eb_uid=uid, spec=spec, resolved=resolved, plan=plan, settings=RT.settings
     )
     job_name = job["metadata"]["name"]
-    with contextlib.suppress(Conflict):  # written by an earlier attempt: same name, same content
-        await RT.kube.create(ns_path(ns, "configmaps"), configmap)
     try:
         await RT.kube.create(jobs_path(ns), job)
         metrics.JOBS_CREATED.inc()
@@ -283,7 +280,6 @@ async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
         _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the spec changed")
-    await RT.kube.delete(ns_path(ns, "configmaps", name))
 
 
 # -- Job + Pods -> status ---------------------------------------------------------------------------
@@ -362,6 +358,12 @@ async def sync(uid: str, ns: str, name: str) -> None:
             unschedulable_grace_seconds=RT.settings.unschedulable_grace_seconds,
             timeout_seconds=job["spec"].get("activeDeadlineSeconds"),
         )
+        wait = quiet_queued_wait(status, verdict, job, now, RT.quiet_queued_seconds)
+        if wait is not None:
+            # Coalesce Queued into Building: look again when the quiet window ends (pod events
+            # wake us earlier), and write Queued only if the pod is still not running then.
+            RT.schedule(uid, lambda: sync(uid, ns, name), delay=wait)
+            return
         spec = EngineBuildSpec.model_validate(body["spec"])
         fields: dict[str, Any] = {
             "cacheKey": key,
@@ -379,6 +381,9 @@ async def sync(uid: str, ns: str, name: str) -> None:
             fields.update(extra)
         elif phase == Phase.BUILDING:
             progress = await read_progress(job, spec, secrets)
+            if progress is None and (status.get("job") or {}).get("name") == job_name:
+                # No (readable) report this time: keep the last one rather than write its removal.
+                progress = status.get("progress")
             if progress:
                 fields["progress"] = progress
                 message = f"{message}: {progress['stage']} {progress['percent']}%"
@@ -402,6 +407,28 @@ async def sync(uid: str, ns: str, name: str) -> None:
             "status",
             extra={"eb": f"{ns}/{name}", "phase": phase.value, "reason": reason, "job": job_name},
         )
+
+
+QUIET_REASONS = frozenset({jobstatus.WAITING, jobstatus.STARTING})
+
+
+def quiet_queued_wait(
+    status: Mapping[str, Any], verdict: jobstatus.Verdict, job: Mapping[str, Any], now: datetime, quiet: float
+) -> float | None:
+    """Seconds to hold back a Queued write for a fresh build, or None to write now.
+
+    A build that has shown nothing yet (no phase) and whose pod is only waiting or starting stays
+    unwritten until its Job is `quiet` seconds old: most pods start sooner, and then the first status
+    write is Building. Unschedulable and retrying pods, and any build with a phase shown already
+    (e.g. a spec change replacing a running build), are written at once.
+    """
+    if status.get("phase") or verdict.phase != Phase.QUEUED or verdict.reason not in QUIET_REASONS:
+        return None
+    created = jobstatus.parse_time(job["metadata"].get("creationTimestamp"))
+    if created is None:
+        return None
+    left = quiet - (now - created).total_seconds()
+    return left + 0.1 if left > 0 else None
 
 
 async def verify(

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """FAKE builder for controller tests (never shipped): behaves like pitcrew-builder on the outside.
 
-Reads the BuildPlan ($PITCREW_PLAN), writes progress, two small "engine" files and manifest.json
-(last) under the plan's engine URI in S3, and the BuildResult on the termination-message path.
+Reads the BuildPlan ($PITCREW_PLAN_JSON, as the controller passes it, or the file $PITCREW_PLAN),
+writes progress, two small "engine" files and manifest.json (last) under the plan's engine URI in
+S3, and the BuildResult on the termination-message path.
 What it does is chosen by the image tag in plan.builderVersion, e.g. pitcrew.test/fake-builder:MODE:
   ok          build in about a second (default)
   sleep-N     report progress, sleep N seconds, then succeed
@@ -65,8 +66,11 @@ def write_result(result: BuildResult) -> None:
 
 
 def main() -> int:
-    with open(os.environ["PITCREW_PLAN"]) as f:
-        plan = BuildPlan.model_validate_json(f.read())
+    if os.environ.get("PITCREW_PLAN_JSON"):
+        plan = BuildPlan.model_validate_json(os.environ["PITCREW_PLAN_JSON"])
+    else:
+        with open(os.environ["PITCREW_PLAN"]) as f:
+            plan = BuildPlan.model_validate_json(f.read())
     mode = plan.builder_version.rsplit(":", 1)[-1] if ":" in plan.builder_version else "ok"
     print(f"fake builder: {plan.name} key={plan.cache_key[:12]} mode={mode}", flush=True)
     client = s3(plan.output.endpoint)

@@ -1,7 +1,7 @@
 from typing import Any
 
 from pitcrew import jobs, plans
-from pitcrew.api.plan import CREDENTIAL_ENV, BuildPlan
+from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_JSON_ENV, BuildPlan
 from pitcrew.settings import Settings
 from pitcrew.validation import validate
 
@@ -10,7 +10,7 @@ from .helpers import spec
 S = Settings(job_ttl_seconds=600, run_as_user=1234)
 
 
-def render(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any], BuildPlan]:
+def render(**overrides: Any) -> tuple[dict[str, Any], BuildPlan]:
     s = spec(**overrides)
     secrets = {"s3": frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})}
     resolved = validate(s, S, secret_keys=secrets)
@@ -26,8 +26,7 @@ def render(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any], BuildPlan]
         plan=planned.plan,
         settings=S,
     )
-    cm = jobs.render_configmap(namespace="ns", eb_name="llama", eb_uid="uid-1", plan=planned.plan)
-    return job, cm, planned.plan
+    return job, planned.plan
 
 
 def test_job_name_is_deterministic_and_a_dns_label() -> None:
@@ -41,7 +40,7 @@ def test_job_name_is_deterministic_and_a_dns_label() -> None:
 
 
 def test_job_shape() -> None:
-    job, cm, plan = render(
+    job, plan = render(
         **{
             "parallelism.tensor": 2,
             "timeoutSeconds": 900,
@@ -56,7 +55,7 @@ def test_job_shape() -> None:
         }
     )
     name = job["metadata"]["name"]
-    assert name == cm["metadata"]["name"] and name.startswith("llama-") and name.endswith("-3")
+    assert name.startswith("llama-") and name.endswith("-3")
     owner = job["metadata"]["ownerReferences"][0]
     assert owner == {
         "apiVersion": "pitcrew.dev/v1alpha1",
@@ -98,29 +97,40 @@ def test_job_shape() -> None:
     assert env[key_var]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
     assert env[secret_var]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
     assert not any("value" in e and "SECRET" in e["name"] for e in c["env"])  # no literal credentials
-    assert env["PITCREW_PLAN"]["value"] == "/etc/pitcrew/plan.json"
+    # The plan travels in the Job itself: no ConfigMap, no plan volume, no file path.
+    assert BuildPlan.model_validate_json(env[PLAN_JSON_ENV]["value"]) == plan
+    assert "PITCREW_PLAN" not in env and "valueFrom" not in env[PLAN_JSON_ENV]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert mounts["/etc/pitcrew"]["readOnly"] is True and "/scratch" in mounts
+    assert set(mounts) == {"/scratch"}
     vols = {v["name"]: v for v in pod["volumes"]}
-    assert vols["plan"]["configMap"]["name"] == name and vols["scratch"] == {
-        "name": "scratch",
-        "emptyDir": {},
-    }
-    assert BuildPlan.model_validate_json(cm["data"]["plan.json"]) == plan
+    assert vols == {"scratch": {"name": "scratch", "emptyDir": {}}}
+    assert not any("configMap" in v or "projected" in v for v in pod["volumes"])
 
 
 def test_checkpoint_backend_requests_no_gpu() -> None:
-    job, _, _ = render(backend="checkpoint")
+    job, _ = render(backend="checkpoint")
     pod = job["spec"]["template"]["spec"]
     assert "resources" not in pod["containers"][0]
     assert "tolerations" not in pod
 
 
 def test_pvc_source_is_mounted_read_only() -> None:
-    job, _, plan = render(**{"source.uri": "pvc://ckpts/llama", "source.revision": "v1"})
+    job, plan = render(**{"source.uri": "pvc://ckpts/llama", "source.revision": "v1"})
     pod = job["spec"]["template"]["spec"]
     vol = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
     assert vol["persistentVolumeClaim"] == {"claimName": "ckpts", "readOnly": True}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
     assert mount == {"name": vol["name"], "mountPath": "/mnt/pvc/ckpts", "readOnly": True}
     assert plan.source.uri == "pvc://ckpts/llama"
+
+
+def test_plan_json_is_compact_and_round_trips() -> None:
+    job, plan = render()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    value = next(e["value"] for e in c["env"] if e["name"] == PLAN_JSON_ENV)
+    assert value == jobs.plan_json(plan) and "\n" not in value
+    assert BuildPlan.model_validate_json(value) == plan
+    # Well under the Job's practical size: the plan is KiB, an object may be 1.5 MiB.
+    assert len(value) < 16 * 1024
+    # The cache key (and so the Job name) does not depend on how the plan is passed.
+    assert plan.cache_key in value and job["metadata"]["annotations"][jobs.ANN_KEY] == plan.cache_key

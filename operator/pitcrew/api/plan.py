@@ -1,8 +1,8 @@
 """The contracts between the controller and the builder.
 
-- BuildPlan: what the controller resolves from an EngineBuild and hands the builder (a ConfigMap
-  mounted as a file). Everything the builder needs except credentials, which arrive as env vars
-  from Secret references (see CREDENTIAL_ENV).
+- BuildPlan: what the controller resolves from an EngineBuild and hands the builder (JSON in the
+  Job's $PITCREW_PLAN_JSON; `--plan FILE` for local runs). Everything the builder needs except
+  credentials, which arrive as env vars from Secret references (see CREDENTIAL_ENV).
 - Manifest: manifest.json, written last under <output>/<cacheKey>/; its presence is the commit point
   of a published engine and what a cache hit reads.
 - BuildResult: the builder's short report on the termination-message path (under 4 KiB).
@@ -25,6 +25,8 @@ from pitcrew.api.v1alpha1 import (
 )
 
 PLAN_FILE = "plan.json"
+# The env var of the builder container that carries the BuildPlan JSON (set by the controller).
+PLAN_JSON_ENV = "PITCREW_PLAN_JSON"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 TERMINATION_MESSAGE_LIMIT = 4096
