@@ -7,10 +7,12 @@ server-side label selector (only ours), and their events feed the trimmed views 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import kopf
+from kopf._core.engines import posting  # the Event queue's context variables (see _adopt_posting)
 
 from pitcrew import jobs, metrics, reconcile
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
@@ -131,9 +133,28 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
     await reconcile.sync(uid, ns, name)
 
 
+def _capture_posting() -> None:
+    """Remembers kopf's Event queue from a handler's context (kopf sets it per watched object only)."""
+    if RT.posting is None:
+        with contextlib.suppress(LookupError):
+            RT.posting = (posting.event_queue_loop_var.get(), posting.event_queue_var.get())
+
+
+def _adopt_posting() -> None:
+    """Lets the poller post Events: without this, transitions it notices first went unannounced."""
+    if RT.posting is not None:
+        try:
+            posting.event_queue_var.get()
+        except LookupError:
+            loop, queue = RT.posting
+            posting.event_queue_loop_var.set(loop)
+            posting.event_queue_var.set(queue)
+
+
 async def poller() -> None:
     while True:
         await asyncio.sleep(RT.settings.poll_seconds)
+        _adopt_posting()
         for uid, (ns, name) in list(RT.in_flight.items()):
             try:
                 await poll_one(uid, ns, name)
@@ -144,6 +165,7 @@ async def poller() -> None:
 
 @kopf.on.event(*EB)
 async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
+    _capture_posting()
     uid = body["metadata"]["uid"]
     if type == "DELETED":
         metrics.STATE.forget(uid)

@@ -80,9 +80,15 @@ class Runtime:
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
     in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
+    # kopf's Event loop and queue, captured from a handler so the poller can post Events too.
+    posting: tuple[Any, Any] | None = None
     # Watch events for one build are coalesced for this long: a pod that goes Pending -> Running
     # within it costs one status write, not two.
     debounce_seconds: float = 1.0
+    # A fresh build (no status yet) whose pod is merely waiting/starting is not written as Queued
+    # before its Job is this old: a pod that starts within it goes straight to Building (one status
+    # write fewer per build). Unschedulable and retrying pods are written at once.
+    quiet_queued_seconds: float = 10.0
 
     def store(self) -> Storage:
         if self.storage is None:
@@ -109,13 +115,13 @@ class Runtime:
         if task is not None:
             task.cancel()
 
-    def schedule(self, uid: str, run: Callable[[], Awaitable[None]]) -> None:
+    def schedule(self, uid: str, run: Callable[[], Awaitable[None]], delay: float | None = None) -> None:
         """Coalesces bursts of watch events for one build into one sync after a short pause."""
         if uid in self.pending:
             return
 
         async def later() -> None:
-            await asyncio.sleep(self.debounce_seconds)
+            await asyncio.sleep(self.debounce_seconds if delay is None else delay)
             self.pending.pop(uid, None)
             try:
                 await run()
