@@ -26,6 +26,7 @@ from controller.harness import (  # noqa: E402
     EB_API,
     Operator,
     engine_build,
+    fake_builder_rule,
     install,
     new_namespace,
     wait_for,
@@ -97,7 +98,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
     t = time.monotonic()
-    cluster = up(UpOptions(state_dir=sd, build=False))
+    cluster = up(UpOptions(state_dir=sd, build=False, image_rules=[fake_builder_rule()]))
     report: list[str] = []
     try:
         install(cluster)

@@ -5,15 +5,22 @@ the local GPU node) in a temporary state dir once per session and stops it after
 PITCREW_REUSE_CLUSTER=1 it uses the cluster running in $PITCREW_STATE_DIR (default
 .pitcrew/devcluster), starting one there if none runs, and leaves it running for the next session.
 Tests using it are marked `cluster` automatically (deselect with `-m "not cluster"`).
+
+The local node runs `pitcrew.test/fake-builder:*` images as tests/controller/fake_builder.py: the
+fixture passes that image rule (the package knows nothing about tests). A reused cluster must
+have been started with it too (`--image-rule pitcrew.test/fake-builder=".venv/bin/python
+tests/controller/fake_builder.py"`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from controller.harness import fake_builder_rule
 from pitcrew.devcluster import (
     ClusterInfo,
     DevclusterError,
@@ -32,6 +39,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def _options(state_dir: Path) -> UpOptions:
+    return UpOptions(state_dir=state_dir, build=False, image_rules=[fake_builder_rule()])
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
     """A running devcluster: .kubeconfig, .server, .token, .ca_file, .node_name, .s3 (endpoint,
@@ -44,14 +55,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
         info = load(state_dir)
         if info is None:
             try:
-                info = up(UpOptions(state_dir=state_dir, build=False))
+                info = up(_options(state_dir))
             except DevclusterError as e:
                 pytest.fail(f"devcluster could not start: {e}", pytrace=False)
         yield info
         return
     state_dir = tmp_path_factory.mktemp("devcluster")
     try:
-        info = up(UpOptions(state_dir=state_dir, build=False))
+        info = up(_options(state_dir))
     except DevclusterError as e:
         pytest.fail(f"devcluster could not start: {e}", pytrace=False)
     try:

@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "pitcrew-system"
 EB_API = "/apis/pitcrew.dev/v1alpha1"
 FAKE = "pitcrew.test/fake-builder"
+FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parent / "fake_builder.py"
+
+
+def fake_builder_rule() -> dict[str, Any]:
+    """The local node's image rule for the FAKE builder (UpOptions.image_rules): test-side only."""
+    return {"prefix": FAKE, "entrypoint": [sys.executable, str(FAKE_BUILDER_SCRIPT)]}
+
 
 sys.path.insert(0, str(ROOT / "hack"))
 from render_rbac import render  # noqa: E402

@@ -200,12 +200,15 @@ def test_unschedulable_gpu(cluster: ClusterInfo, operator: Operator, ns: str) ->
 
 
 def test_image_that_cannot_run(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
-    # A real kubelet says ErrImagePull/ImagePullBackOff (mapped to ImagePullError, unit-tested); the
-    # local node has no registry and reports the container as unable to start.
+    # The local node reports an image it cannot map as a kubelet reports a failed pull
+    # (ErrImagePull, then ImagePullBackOff); the controller stops the Job at the first one.
     apply(cluster, engine_build(cluster, "img", ns, retryLimit=0, builderImage="registry.invalid/nope:1"))
-    st = wait_phase(cluster, ns, "img", {"Failed", "Succeeded"}, op=operator)["status"]
-    assert st["phase"] == "Failed" and st["reason"] in ("ImagePullError", "ContainerStartError"), st
+    eb = wait_phase(cluster, ns, "img", {"Failed", "Succeeded"}, op=operator)
+    st = eb["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "ImagePullError"), st
+    assert "registry.invalid/nope:1" in st["message"] and "no local mapping" in st["message"], st
     assert "spec.builderImage" in st["message"]
+    wait_for("the stuck Job to be deleted", lambda: not owned(cluster, "jobs", ns, eb["metadata"]["uid"]))
 
 
 def test_controller_validation_is_visible(cluster: ClusterInfo, operator: Operator, ns: str) -> None:

@@ -205,6 +205,30 @@ def test_builder_image_runs_the_installed_builder(cluster: ClusterInfo, ns: str)
     assert "usage: pitcrew-builder" in (out / "containers" / "main" / "output.log").read_text()
 
 
+def test_unmapped_image_fails_like_a_pull(cluster: ClusterInfo, ns: str) -> None:
+    # An image with no image rule and not in local_images: ErrImagePull, then ImagePullBackOff, and
+    # nothing runs (even though the container sets a command the node could run).
+    nope = job("nope", "open('/tmp/should-not-run', 'w')", image="registry.invalid/nope:1")
+    apply(cluster, ns, nope)
+    seen: set[str] = set()
+
+    def waiting() -> Obj | None:
+        pods = job_pods(cluster, ns, "nope")
+        statuses = pods[0].get("status", {}).get("containerStatuses") if pods else None
+        state = (statuses or [{}])[0].get("state", {}).get("waiting") or {}
+        if state.get("reason"):
+            seen.add(state["reason"])
+        return state if {"ErrImagePull", "ImagePullBackOff"} <= seen else None
+
+    state = wait_for("ErrImagePull then ImagePullBackOff", waiting, timeout=30)
+    assert "registry.invalid/nope:1" in state["message"] and "no local mapping" in state["message"]
+    (pod,) = job_pods(cluster, ns, "nope")
+    assert pod["status"]["phase"] == "Pending"
+    assert "containerID" not in pod["status"]["containerStatuses"][0]
+    cluster.kubectl("delete", "job", "nope", "-n", ns, "--cascade=background", "--wait=false")
+    wait_for("the pod to go", lambda: not job_pods(cluster, ns, "nope"), timeout=60)
+
+
 def test_job_deletion_garbage_collects_and_kills_pods(cluster: ClusterInfo, ns: str) -> None:
     code = (
         "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"

@@ -12,7 +12,7 @@ import pytest
 from pitcrew.devcluster import binaries, certs, kubeconfig, ports
 from pitcrew.devcluster.errors import DevclusterError
 from pitcrew.devcluster.localnode import podspec
-from pitcrew.devcluster.localnode.config import LocalNodeConfig, default_image_rules
+from pitcrew.devcluster.localnode.config import DEFAULT_LOCAL_IMAGES, LocalNodeConfig, default_image_rules
 from pitcrew.devcluster.localnode.podspec import ConfigMissing, ImageRule, PodSpecError
 from pitcrew.devcluster.localnode.status import ContainerState, terminal_phase
 
@@ -322,3 +322,21 @@ def test_missing_binaries_are_built(
     assert bins.path("etcd") == tmp_path / "cache" / "bin" / "etcd-v0" / "etcd"
     assert "building etcd from Go modules" in capsys.readouterr().err
     assert binaries.missing(bins.dirs) == []
+
+
+def test_image_availability_rules_and_local_images() -> None:
+    local = DEFAULT_LOCAL_IMAGES
+    for image in ("ghcr.io/pitcrew/builder:0.1.0", "python:3.11-slim", "busybox", "busybox:1.36"):
+        assert podspec.image_available(image, RULES, local), image
+    for image in ("registry.invalid/nope:1", "ubuntu:24.04", "pitcrew.test/fake-builder:ok"):
+        assert not podspec.image_available(image, RULES, local), image
+    # The package knows no test images: they come as rules (tests/conftest.py) or patterns.
+    assert podspec.image_available("pitcrew.test/fake-builder:ok", RULES, ("pitcrew.test/*",))
+    message = podspec.pull_error_message("registry.invalid/nope:1")
+    assert "registry.invalid/nope:1" in message and "no local mapping" in message
+
+
+def test_localnode_config_local_images() -> None:
+    assert LocalNodeConfig.from_json({"kubeconfig": "/k"}).local_images == DEFAULT_LOCAL_IMAGES
+    cfg = LocalNodeConfig.from_json({"kubeconfig": "/k", "local_images": ["ubuntu:*"]})
+    assert cfg.local_images == ("ubuntu:*",)

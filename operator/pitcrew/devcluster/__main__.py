@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PREFIX=PROGRAM",
         help="run images starting with PREFIX as PROGRAM (its ENTRYPOINT); repeatable",
     )
+    u.add_argument(
+        "--local-image",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also treat images matching PATTERN (fnmatch) as present on the local node; repeatable "
+        "(others that no image rule maps fail with ErrImagePull)",
+    )
 
     dn = sub.add_parser(
         "down", parents=[common], help="stop everything (process groups); keeps logs and S3 data"
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=args.timeout,
                     build=not args.no_build,
                     image_rules=rules,
+                    local_images=args.local_image,
                 )
             )
             print(

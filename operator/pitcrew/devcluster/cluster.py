@@ -19,7 +19,7 @@ from . import binaries, certs, controlplane, kubeconfig, kwok, ports, procs, rea
 from .errors import DevclusterError
 from .info import ClusterInfo
 from .kubeapi import ApiError, KubeClient
-from .localnode.config import default_image_rules
+from .localnode.config import DEFAULT_LOCAL_IMAGES, default_image_rules
 from .procs import Proc
 
 Running = list[tuple[Proc, subprocess.Popen[bytes] | None]]
@@ -58,6 +58,9 @@ class UpOptions:
     build: bool = True
     # Extra localnode image rules, tried before the defaults: {"prefix", "entrypoint", "cmd"}.
     image_rules: list[dict[str, Any]] = field(default_factory=list)
+    # Extra fnmatch patterns of images the local node treats as present (besides the rules'
+    # prefixes and localnode.config.DEFAULT_LOCAL_IMAGES); others fail with ErrImagePull.
+    local_images: list[str] = field(default_factory=list)
     say: Callable[[str], None] = _stderr
 
 
@@ -93,6 +96,7 @@ def _localnode_config(
         "tls_cert": str(creds.serving_cert),
         "tls_key": str(creds.serving_key),
         "image_rules": [*opts.image_rules, *default_image_rules(venv_bin)],
+        "local_images": [*DEFAULT_LOCAL_IMAGES, *opts.local_images],
     }
 
 

@@ -33,22 +33,25 @@ DEFAULT_PASSTHROUGH_ENV = (
 )
 
 
-# A FAKE builder for the controller's tests (tests/controller/fake_builder.py): added by the
-# controller work, coordinated here because tests need it on the shared devcluster. Never a real image.
-FAKE_BUILDER_IMAGE_PREFIX = "pitcrew.test/fake-builder"
-FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parents[4] / "tests" / "controller" / "fake_builder.py"
+# Images the node "has" without an image rule (fnmatch patterns); with the rules' prefixes they are
+# all a pod may use. Any other image fails as a kubelet's pull would: ErrImagePull, ImagePullBackOff.
+DEFAULT_LOCAL_IMAGES = (
+    "python:*",
+    "docker.io/python:*",
+    "docker.io/library/python:*",
+    "busybox",
+    "busybox:*",
+    "docker.io/busybox*",
+    "docker.io/library/busybox*",
+)
 
 
 def default_image_rules(venv_bin: str) -> list[dict[str, Any]]:
-    """Builder images run the installed `pitcrew-builder`; Python images default to `python3`."""
-    fake = [
-        {
-            "prefix": FAKE_BUILDER_IMAGE_PREFIX,
-            "entrypoint": [os.path.join(venv_bin, "python"), str(FAKE_BUILDER_SCRIPT)],
-        }
-    ]
+    """Builder images run the installed `pitcrew-builder`; Python images default to `python3`.
+
+    Others (e.g. the controller tests' fake builder) come from UpOptions.image_rules / --image-rule.
+    """
     return [
-        *(fake if FAKE_BUILDER_SCRIPT.exists() else []),
         # As builder_image/Dockerfile: ENTRYPOINT ["pitcrew-builder"], CMD ["--help"]. The prefix
         # also covers ghcr.io/pitcrew/builder-rtx.
         {
@@ -79,6 +82,7 @@ class LocalNodeConfig:
     venv_bin: str = ""
     image_rules: list[ImageRule] = field(default_factory=list)
     passthrough_env: tuple[str, ...] = DEFAULT_PASSTHROUGH_ENV
+    local_images: tuple[str, ...] = DEFAULT_LOCAL_IMAGES
     lease_seconds: int = 40
     heartbeat_seconds: float = 10.0
     # The HTTPS endpoint serving /containerLogs for `kubectl logs` (0: none) and its certificate.
@@ -103,7 +107,7 @@ class LocalNodeConfig:
                 raise ValueError(f"unknown localnode config key {key!r}")
             if key in ("work_dir", "pvc_dir"):
                 value = Path(value)
-            elif key == "passthrough_env":
+            elif key in ("passthrough_env", "local_images"):
                 value = tuple(value)
             setattr(cfg, key, value)
         if not cfg.venv_bin:

@@ -20,11 +20,12 @@ directory, so for every volumeMount (and the terminationMessagePath) the node:
 from __future__ import annotations
 
 import base64
+import fnmatch
 import math
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -79,6 +80,21 @@ class ImageRule:
 
 def match_rule(image: str, rules: list[ImageRule]) -> ImageRule | None:
     return next((r for r in rules if r.matches(image)), None)
+
+
+def image_available(image: str, rules: list[ImageRule], local_images: Iterable[str]) -> bool:
+    """Whether the node "has" the image: an image rule maps it, or it matches a locally available
+    pattern (fnmatch, e.g. `python:*`). Anything else is what a kubelet could not pull."""
+    if match_rule(image, rules) is not None:
+        return True
+    return any(fnmatch.fnmatchcase(image, pattern) for pattern in local_images)
+
+
+def pull_error_message(image: str) -> str:
+    return (
+        f'failed to pull image "{image}": the local node has no local mapping for it '
+        "(no image rule matches and it is not in local_images)"
+    )
 
 
 def container_argv(container: Obj, rule: ImageRule | None) -> list[str]:

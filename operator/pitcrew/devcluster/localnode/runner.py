@@ -189,6 +189,8 @@ class PodWorker:
         cdir = self.dir / "containers" / c["name"]
         cdir.mkdir(parents=True, exist_ok=True)
         backoff = self.cfg.restart_backoff_seconds
+        if not self._pull(c, state):
+            return False
         while not self.stopping.is_set():
             try:
                 argv, env, cwd, term_file = self._container_process(c, volumes, cdir)
@@ -241,6 +243,31 @@ class PodWorker:
                 return False
             backoff = min(backoff * 2, self.cfg.restart_backoff_max_seconds)
         return False
+
+    def _pull(self, c: Obj, state: ContainerState) -> bool:
+        """A kubelet's image pull: images the node cannot map stay waiting, as a failed pull does.
+
+        ErrImagePull, then ImagePullBackOff with a doubling delay, until the pod is deleted (a
+        kubelet never gives up either; the Job's deadline or its owner decides).
+        """
+        image = c.get("image", "")
+        if podspec.image_available(image, self.cfg.image_rules, self.cfg.local_images):
+            return True
+        message = podspec.pull_error_message(image)
+        log.warning("image pull failed", extra={**self._fields, "container": c["name"], "image": image})
+        backoff = self.cfg.restart_backoff_seconds
+        while True:
+            with self._lock:
+                state.waiting("ErrImagePull", message)
+            self._publish()
+            if self.stopping.wait(min(1.0, backoff)):
+                return False
+            with self._lock:
+                state.waiting("ImagePullBackOff", f'Back-off pulling image "{image}": {message}')
+            self._publish()
+            if self.stopping.wait(backoff):
+                return False
+            backoff = min(backoff * 2, self.cfg.restart_backoff_max_seconds)
 
     def _container_process(
         self, c: Obj, volumes: dict[str, Path], cdir: Path
