@@ -53,6 +53,9 @@ class Verdict:
     stop_job: bool = False
     started_at: str | None = None
     finished_at: str | None = None
+    # Nothing new to show: a pod has finished and its Job's verdict (Complete/Failed) is on its way.
+    # The status is left as it is (no write); the Job's next watch event brings the verdict.
+    settling: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -247,6 +250,28 @@ def evaluate(
         prev = failed_pod_verdict(earlier_failures[-1], attempts)
         retry_note = f" (attempt {len(earlier_failures) + 1}; previous: {prev.reason}: {prev.message})"
     if not live:
+        newest = ordered[-1] if ordered else None
+        if newest is not None and newest.get("status", {}).get("phase") == "Succeeded":
+            # The pod succeeded; the Job controller has not marked the Job Complete yet.
+            return Verdict(
+                Phase.BUILDING,
+                RUNNING,
+                "the builder finished; waiting for the Job to complete",
+                attempts,
+                started_at=started,
+                settling=True,
+            )
+        limit = job.get("spec", {}).get("backoffLimit")
+        if earlier_failures and limit is not None and len(earlier_failures) > int(limit):
+            # No retry left: the Job controller is about to mark the Job Failed.
+            return Verdict(
+                Phase.BUILDING,
+                RUNNING,
+                "the builder failed; waiting for the Job to fail",
+                attempts,
+                started_at=started,
+                settling=True,
+            )
         if earlier_failures:
             return Verdict(
                 Phase.QUEUED, RETRYING, "waiting for the retry pod" + retry_note, attempts, started_at=started

@@ -358,6 +358,8 @@ async def sync(uid: str, ns: str, name: str) -> None:
             unschedulable_grace_seconds=RT.settings.unschedulable_grace_seconds,
             timeout_seconds=job["spec"].get("activeDeadlineSeconds"),
         )
+        if verdict.settling:
+            return  # e.g. pod Succeeded, Job not Complete yet: the Job's event follows
         wait = quiet_queued_wait(status, verdict, job, now, RT.quiet_queued_seconds)
         if wait is not None:
             # Coalesce Queued into Building: look again when the quiet window ends (pod events

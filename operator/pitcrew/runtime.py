@@ -38,6 +38,7 @@ def trim_job(body: Any) -> Obj:
         },
         "spec": {
             "activeDeadlineSeconds": body.get("spec", {}).get("activeDeadlineSeconds"),
+            "backoffLimit": body.get("spec", {}).get("backoffLimit"),
             "image": (body.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[
                 0
             ].get("image"),

@@ -157,3 +157,19 @@ def test_container_that_cannot_start() -> None:
     p = pod(phase="Failed", state=term(128, "RunContainerError", 'exec: "x": executable file not found'))
     v = evaluate(job(("Failed", "BackoffLimitExceeded"), failed=1), [p])
     assert v.reason == jobstatus.START_ERROR and "spec.builderImage" in v.message
+
+
+def test_finished_pod_before_the_job_verdict_is_settling() -> None:
+    # The pod is done but the Job controller has not set Complete/Failed yet: nothing new to show
+    # (not "waiting for a pod"), so the controller writes nothing and waits for the Job's event.
+    done = pod(phase="Succeeded", state=term(0, "Completed", OK.model_dump_json(by_alias=True)))
+    v = evaluate(job(active=0), [done])
+    assert v.settling and v.phase == Phase.BUILDING
+    failed = pod(phase="Failed", state=term(1))
+    last = {**job(failed=1), "spec": {"backoffLimit": 0}}
+    v = evaluate(last, [failed])
+    assert v.settling
+    # With a retry left it is a real Queued/Retrying.
+    more = {**job(failed=1), "spec": {"backoffLimit": 1}}
+    v = evaluate(more, [failed])
+    assert (v.phase, v.reason, v.settling) == (Phase.QUEUED, jobstatus.RETRYING, False)
