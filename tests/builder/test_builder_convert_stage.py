@@ -3,13 +3,12 @@
 from pathlib import Path
 
 import pytest
+from builder_plans import make_plan
+from tiny_models import make_llama
 
 from pitcrew.api.v1alpha1 import Quantization
 from pitcrew_builder.checkpoint import read_config
 from pitcrew_builder.stages.convert import run_convert
-
-from builder_plans import make_plan
-from tiny_models import make_llama
 
 
 @pytest.mark.parametrize(
