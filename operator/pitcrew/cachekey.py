@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pitcrew.api.sizing import ResolvedSizes, resolve_sizes
-from pitcrew.api.v1alpha1 import BuildOptions, EngineBuildSpec
+from pitcrew.api.sizing import sizes_for
+from pitcrew.api.v1alpha1 import EngineBuildSpec
 
 KEY_SCHEMA = 1  # bump when the inputs change meaning, so old engines are not mistaken for new ones
 
@@ -55,22 +55,6 @@ def image_identity(image: str) -> str:
     if "@sha256:" in image:
         return "sha256:" + image.split("@sha256:", 1)[1]
     return image
-
-
-def sizes_for(build: BuildOptions) -> ResolvedSizes:
-    return resolve_sizes(
-        max_input_len=build.max_input_len,
-        max_output_len=build.max_output_len,
-        max_seq_len=build.max_seq_len,
-        max_batch_size=build.max_batch_size,
-        max_beam_width=build.max_beam_width,
-        max_num_tokens=build.max_num_tokens,
-        opt_num_tokens=build.opt_num_tokens,
-        remove_input_padding=build.remove_input_padding,
-        context_fmha=True,  # Megatron leaves context FMHA at TRT-LLM's default: on
-        tokens_per_block=build.tokens_per_block,
-        multiple_profiles=build.multiple_profiles,
-    )
 
 
 def key_inputs(

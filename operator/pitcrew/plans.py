@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitcrew import cachekey
-from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, ResolvedSizes
+from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, plan_sizes
 from pitcrew.api.v1alpha1 import EngineBuildSpec
 from pitcrew.settings import Settings
 from pitcrew.validation import Resolved
@@ -46,7 +46,6 @@ def make_plan(
         compute_capability=resolved.compute_capability,
     )
     key = cachekey.cache_key(inputs)
-    sizes = cachekey.sizes_for(spec.build)
     plan = BuildPlan(
         name=f"{namespace}/{name}",
         generation=generation,
@@ -63,14 +62,7 @@ def make_plan(
         model=spec.model,
         parallelism=spec.parallelism,
         build=spec.build,
-        sizes=ResolvedSizes(
-            max_input_len=sizes.max_input_len,
-            max_seq_len=sizes.max_seq_len,
-            max_batch_size=sizes.max_batch_size,
-            max_beam_width=sizes.max_beam_width,
-            max_num_tokens=sizes.max_num_tokens,
-            opt_num_tokens=sizes.opt_num_tokens,
-        ),
+        sizes=plan_sizes(spec.build),
         quantization=spec.quantization,
         backend=spec.backend,
         target=PlanTarget(

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pitcrew.api.sizing import resolve_sizes
+from pitcrew.api.sizing import resolve_sizes, sizes_for
 from pitcrew.api.v1alpha1 import BuildOptions, EngineBuildSpec
 
 MINIMAL = {
@@ -24,20 +24,7 @@ def test_defaults_match_megatron_builder() -> None:
 
 
 def test_megatron_default_sizes() -> None:
-    b = BuildOptions()
-    sizes = resolve_sizes(
-        max_input_len=b.max_input_len,
-        max_output_len=b.max_output_len,
-        max_seq_len=b.max_seq_len,
-        max_batch_size=b.max_batch_size,
-        max_beam_width=b.max_beam_width,
-        max_num_tokens=b.max_num_tokens,
-        opt_num_tokens=b.opt_num_tokens,
-        remove_input_padding=b.remove_input_padding,
-        context_fmha=True,
-        tokens_per_block=b.tokens_per_block,
-        multiple_profiles=b.multiple_profiles,
-    )
+    sizes = sizes_for(BuildOptions())
     assert (sizes.max_seq_len, sizes.max_num_tokens, sizes.opt_num_tokens) == (2048, 8192, 4)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, ResolvedSizes
-from pitcrew.api.sizing import resolve_sizes
+from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, plan_sizes
 from pitcrew.api.v1alpha1 import BuildOptions, ModelOverrides, Parallelism, Quantization
 
 
@@ -27,19 +26,6 @@ def make_plan(
 ) -> BuildPlan:
     defaults = {"maxInputLen": 16, "maxOutputLen": 16, "maxBatchSize": 2}
     options = BuildOptions.model_validate(defaults if build is None else build)
-    s = resolve_sizes(
-        max_input_len=options.max_input_len,
-        max_output_len=options.max_output_len,
-        max_seq_len=options.max_seq_len,
-        max_batch_size=options.max_batch_size,
-        max_beam_width=options.max_beam_width,
-        max_num_tokens=options.max_num_tokens,
-        opt_num_tokens=options.opt_num_tokens,
-        remove_input_padding=options.remove_input_padding,
-        context_fmha=True,
-        tokens_per_block=options.tokens_per_block,
-        multiple_profiles=options.multiple_profiles,
-    )
     return BuildPlan(
         name="default/test",
         cache_key=cache_key,
@@ -49,14 +35,7 @@ def make_plan(
         model=ModelOverrides(dtype=dtype) if dtype else None,
         parallelism=Parallelism(tensor=tp, pipeline=pp),
         build=options,
-        sizes=ResolvedSizes(
-            max_input_len=s.max_input_len,
-            max_seq_len=s.max_seq_len,
-            max_batch_size=s.max_batch_size,
-            max_beam_width=s.max_beam_width,
-            max_num_tokens=s.max_num_tokens,
-            opt_num_tokens=s.opt_num_tokens,
-        ),
+        sizes=plan_sizes(options),
         quantization=Quantization(),
         backend=backend,
         target=PlanTarget(compute_capability=compute_capability),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pitcrew.api.plan import BuildPlan
-from pitcrew.api.sizing import resolve_sizes
+from pitcrew.api.sizing import sizes_for
 from pitcrew.api.v1alpha1 import BuildOptions
 from pitcrew_builder.backends.base import CompileContext, CompileResult
 from pitcrew_builder.errors import BuildFailed, InvalidSpec
@@ -30,8 +30,6 @@ _MODEL_CLASSES = {
     "GPT2LMHeadModel": "GPTForCausalLM",
 }
 TIMING_CACHE = "timing.cache"
-# TRT-LLM's PluginConfig has context_fmha on by default and Megatron leaves it so.
-CONTEXT_FMHA = True
 
 
 def model_class_name(architecture: str) -> str:
@@ -74,19 +72,7 @@ def build_config_dict(
 ) -> dict[str, Any]:
     """The dict BuildConfig.from_dict receives: sizes resolved as check_max_num_tokens does."""
     b = plan.build
-    sizes = resolve_sizes(
-        max_input_len=b.max_input_len,
-        max_output_len=b.max_output_len,
-        max_seq_len=b.max_seq_len,
-        max_batch_size=b.max_batch_size,
-        max_beam_width=b.max_beam_width,
-        max_num_tokens=b.max_num_tokens,
-        opt_num_tokens=b.opt_num_tokens,
-        remove_input_padding=b.remove_input_padding,
-        context_fmha=CONTEXT_FMHA,
-        tokens_per_block=b.tokens_per_block,
-        multiple_profiles=b.multiple_profiles,
-    )
+    sizes = sizes_for(b)
     return {
         "max_input_len": sizes.max_input_len,
         "max_seq_len": sizes.max_seq_len,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from pitcrew.api import sizing
 from pitcrew.api.v1alpha1 import (
     ApiModel,
     Backend,
@@ -45,6 +46,19 @@ class ResolvedSizes(ApiModel):
     max_beam_width: int
     max_num_tokens: int
     opt_num_tokens: int | None = None
+
+
+def plan_sizes(build: BuildOptions) -> ResolvedSizes:
+    """The resolved sizes a plan carries for these build options."""
+    sizes = sizing.sizes_for(build)
+    return ResolvedSizes(
+        max_input_len=sizes.max_input_len,
+        max_seq_len=sizes.max_seq_len,
+        max_batch_size=sizes.max_batch_size,
+        max_beam_width=sizes.max_beam_width,
+        max_num_tokens=sizes.max_num_tokens,
+        opt_num_tokens=sizes.opt_num_tokens,
+    )
 
 
 class PlanSource(ApiModel):

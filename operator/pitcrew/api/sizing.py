@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pitcrew.api.v1alpha1 import BuildOptions
+
+# Megatron leaves context FMHA at TRT-LLM's default: on.
+CONTEXT_FMHA = True
+
 # TRT-LLM warns above this many tokens per batch; we keep the value and say so in the build log.
 LARGE_NUM_TOKENS = 16384
 
@@ -68,4 +73,21 @@ def resolve_sizes(
         max_num_tokens=num_tokens,
         opt_num_tokens=opt,
         warnings=tuple(warnings),
+    )
+
+
+def sizes_for(build: BuildOptions) -> ResolvedSizes:
+    """The sizes of an EngineBuild's build options (context FMHA on, as Megatron builds)."""
+    return resolve_sizes(
+        max_input_len=build.max_input_len,
+        max_output_len=build.max_output_len,
+        max_seq_len=build.max_seq_len,
+        max_batch_size=build.max_batch_size,
+        max_beam_width=build.max_beam_width,
+        max_num_tokens=build.max_num_tokens,
+        opt_num_tokens=build.opt_num_tokens,
+        remove_input_padding=build.remove_input_padding,
+        context_fmha=CONTEXT_FMHA,
+        tokens_per_block=build.tokens_per_block,
+        multiple_profiles=build.multiple_profiles,
     )
