@@ -15,6 +15,9 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 TYPES = (READY, RECONCILING, STALLED)
+# Reconciling's reason while a finished build is rebuilt for a new builder image. It also marks the
+# upgrade as under way for later writes (a status has no other place that survives a restart).
+BUILDER_UPGRADE = "BuilderUpgrade"
 
 
 def desired(phase: Phase, reason: str, message: str) -> dict[str, tuple[str, str, str]]:
@@ -38,6 +41,14 @@ def desired(phase: Phase, reason: str, message: str) -> dict[str, tuple[str, str
     }
 
 
+def upgrading(existing: Iterable[Mapping[str, Any]] | None) -> bool:
+    """True while a builder upgrade is under way (Reconciling=True, reason BuilderUpgrade)."""
+    return any(
+        c.get("type") == RECONCILING and c.get("status") == "True" and c.get("reason") == BUILDER_UPGRADE
+        for c in existing or ()
+    )
+
+
 def compute(
     phase: Phase,
     reason: str,
@@ -46,10 +57,28 @@ def compute(
     generation: int | None,
     existing: Iterable[Mapping[str, Any]] | None,
     now: str,
+    upgrade: bool | None = None,
 ) -> list[dict[str, Any]]:
+    """`upgrade`: True starts a builder upgrade, False ends one (spec change), None keeps the state.
+
+    During an upgrade (until the phase is final) Reconciling is True with reason BuilderUpgrade and
+    Ready keeps the status it had when the upgrade began: a Succeeded build stays Ready, because its
+    engine (still in status.engine) is valid for the spec and usable until the new one replaces it;
+    a Failed one stays not Ready. kstatus reads Reconciling=True as InProgress either way.
+    """
     old = {c.get("type"): c for c in existing or ()}
+    want = desired(phase, reason, message)
+    if upgrade is None:
+        upgrade = upgrading(existing)
+    if upgrade and phase.value not in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        was_ready = (old.get(READY) or {}).get("status") == "True"
+        want = {
+            READY: ("True", BUILDER_UPGRADE, message) if was_ready else ("False", reason, message),
+            RECONCILING: ("True", BUILDER_UPGRADE, message),
+            STALLED: ("False", BUILDER_UPGRADE, ""),
+        }
     out: list[dict[str, Any]] = []
-    for ctype, (status, why, text) in desired(phase, reason, message).items():
+    for ctype, (status, why, text) in want.items():
         previous = old.get(ctype)
         changed = previous is None or previous.get("status") != status
         cond: dict[str, Any] = {

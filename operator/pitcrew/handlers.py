@@ -155,7 +155,14 @@ async def poller() -> None:
     while True:
         await asyncio.sleep(RT.settings.poll_seconds)
         _adopt_posting()
+        try:
+            await reconcile.admit_queued()
+        except Exception as e:
+            metrics.ERRORS.labels("admit").inc()
+            log.warning("admitting queued builds failed", extra={"error": repr(e)[:300]})
         for uid, (ns, name) in list(RT.in_flight.items()):
+            if uid in RT.queue:
+                continue  # no Job yet: nothing to follow (admit_queued starts it)
             try:
                 await poll_one(uid, ns, name)
             except Exception as e:
@@ -204,13 +211,27 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         RT.remember(RT.jobs, uid, job_name, None)
         metrics.STATE.active_jobs.discard(job_uid)
+        if not RT.jobs_primed:
+            RT.job_tombstones.add(job_uid)
+        _slot_freed()
         return
     RT.remember(RT.jobs, uid, job_name, trimmed)
     if finished:
         metrics.STATE.active_jobs.discard(job_uid)
+        _slot_freed()
     else:
         metrics.STATE.active_jobs.add(job_uid)
     RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))
+
+
+ADMISSION = "pitcrew/admission"  # RT.schedule key of the queue's admission run (not an object uid)
+
+
+def _slot_freed() -> None:
+    """A Job finished or went: start queued builds now rather than at the next poll."""
+    if RT.queue:
+        _adopt_posting()
+        RT.schedule(ADMISSION, reconcile.admit_queued)
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS)

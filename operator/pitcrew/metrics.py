@@ -1,4 +1,4 @@
-"""Prometheus metrics: builds by phase, build durations, cache hits, active Jobs."""
+"""Prometheus metrics: builds by phase, build durations, cache hits, active Jobs, queued builds."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class State:
     def __init__(self) -> None:
         self.phases: dict[str, str] = {}  # EngineBuild uid -> phase
         self.active_jobs: set[str] = set()  # Job uids without a terminal condition
+        self.queued_builds = 0  # EngineBuilds waiting for a build slot
 
     def set_phase(self, uid: str, phase: str | None) -> None:
         self.phases[uid] = phase or Phase.PENDING.value
@@ -52,6 +53,11 @@ class _Collector(Collector):
         yield builds
         yield GaugeMetricFamily(
             "pitcrew_active_jobs", "Builder Jobs still running.", value=len(STATE.active_jobs)
+        )
+        yield GaugeMetricFamily(
+            "pitcrew_queued_builds",
+            "EngineBuilds waiting for a build slot (PITCREW_MAX_ACTIVE_BUILDS).",
+            value=STATE.queued_builds,
         )
 
 

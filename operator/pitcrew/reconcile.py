@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, jobs, jobstatus, metrics, plans, statuses
+from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, statuses
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.v1alpha1 import (
     GROUP,
@@ -28,7 +29,7 @@ from pitcrew.api.v1alpha1 import (
     SecretReference,
 )
 from pitcrew.kube import Conflict, ns_path
-from pitcrew.runtime import RT, Obj
+from pitcrew.runtime import RT, Obj, trim_job
 from pitcrew.storage import Credentials, StorageError, sha256
 from pitcrew.validation import InvalidSpec, secret_refs, validate
 
@@ -155,11 +156,27 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     if meta.get("deletionTimestamp"):
         return
     resumable = cause == "resume" and status.get("observedGeneration") == gen and status.get("cacheKey")
+    upgrade: pacing.Upgrade | None = None
     if resumable and (status.get("phase") in statuses.TERMINAL or status.get("job")):
-        # Restart: finished builds need nothing; running ones are followed from their Job's events.
+        # Restart: running builds are followed from their Job's events; finished ones need nothing
+        # unless the operator's builder image for their backend changed (and they did not pin one).
         if status.get("phase") not in statuses.TERMINAL:
             RT.schedule(uid, lambda: sync(uid, ns, name))
-        return
+            return
+        upgrade = pacing.needs_upgrade(body, RT.settings)
+        if upgrade is None:
+            return
+    elif cause == "upgrade":
+        upgrade = pacing.needs_upgrade(body, RT.settings)
+        if upgrade is None:
+            return
+    if upgrade is not None:
+        cause = "upgrade"
+        RT.upgrades_tried[uid] = upgrade.new_image
+    # Conditions: an upgrade starts here; a new spec ends one; anything else keeps the state.
+    marker: bool | None = True if upgrade else None
+    if upgrade is None and (cause in ("create", "update") or status.get("observedGeneration") != gen):
+        marker = False
 
     try:
         spec = EngineBuildSpec.model_validate(body.get("spec") or {})
@@ -228,7 +245,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         patch.status.update(
             statuses.compose(
                 status, phase=Phase.PENDING, reason=REASON_STORAGE, message=message, generation=gen,
-                now=statuses.now_rfc3339(), cacheKey=key,
+                now=statuses.now_rfc3339(), cacheKey=key, upgrade=marker,
             )
         )  # fmt: skip
         raise kopf.TemporaryError(message, delay=retry) from e
@@ -246,7 +263,10 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         )  # fmt: skip
         metrics.CACHE_HITS.inc()
         metrics.TRANSITIONS.labels(Phase.SUCCEEDED.value, REASON_CACHE_HIT).inc()
+        if upgrade is not None:
+            _post(body, "Normal", pacing.REASON_UPGRADE, pacing.upgrade_message(upgrade, key))
         _post(body, "Normal", REASON_CACHE_HIT, message)
+        _dequeue(uid)
         return
 
     plan = planned.plan
@@ -254,14 +274,142 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         namespace=ns, eb_name=name, eb_uid=uid, spec=spec, resolved=resolved, plan=plan, settings=RT.settings
     )
     job_name = job["metadata"]["name"]
-    try:
-        await RT.kube.create(jobs_path(ns), job)
-        metrics.JOBS_CREATED.inc()
-        _post(body, "Normal", jobstatus.JOB_CREATED, f"created builder Job {job_name} (cache key {key[:12]})")
-    except Conflict:
-        log.info("Job exists, adopting", extra={"eb": f"{ns}/{name}", "job": job_name})
+    created = str(meta.get("creationTimestamp") or "")
+    entry = pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
+    slot = await start_job(body, entry, job, key)
+    if slot is not None:
+        # Over PITCREW_MAX_ACTIVE_BUILDS: queued; the poller (or a finishing Job) starts it later.
+        active, ahead = slot
+        message = pacing.waiting_message(active, RT.settings.max_active_builds, ahead)
+        if upgrade is not None:
+            message += f" (builder upgrade {upgrade.old_image} -> {upgrade.new_image})"
+        update = statuses.compose(
+            status, phase=Phase.QUEUED, reason=pacing.REASON_WAITING, message=message, generation=gen,
+            now=statuses.now_rfc3339(), upgrade=marker, cacheKey=key, cacheHit=False,
+            builderImage=resolved.builder_image, job=None, progress=None,
+        )  # fmt: skip
+        if upgrade is not None:
+            _post(body, "Normal", pacing.REASON_UPGRADE, pacing.upgrade_message(upgrade, key))
+        if status.get("reason") != pacing.REASON_WAITING or status.get("cacheKey") != key:
+            patch.status.update(update)
+            metrics.TRANSITIONS.labels(Phase.QUEUED.value, pacing.REASON_WAITING).inc()
+            _post(body, "Normal", pacing.REASON_WAITING, message)
+        log.info("queued", extra={"eb": f"{ns}/{name}", "active": active, "ahead": ahead})
+        return
+    if upgrade is not None:
+        # The one extra write of an upgrade: why it rebuilds, visible before the Job reports.
+        message = pacing.upgrade_message(upgrade, key)
+        patch.status.update(
+            statuses.compose(
+                status, phase=Phase.QUEUED, reason=pacing.REASON_UPGRADE, message=message, generation=gen,
+                now=statuses.now_rfc3339(), upgrade=True, cacheKey=key, cacheHit=False,
+                builderImage=resolved.builder_image, job={"name": job_name, "attempts": 0}, progress=None,
+            )
+        )  # fmt: skip
+        metrics.TRANSITIONS.labels(Phase.QUEUED.value, pacing.REASON_UPGRADE).inc()
+        _post(body, "Normal", pacing.REASON_UPGRADE, message)
     # The status follows from the Job's first watch events (saves a write per build).
     RT.schedule(uid, lambda: sync(uid, ns, name))
+
+
+def _dequeue(uid: str) -> None:
+    RT.queue.pop(uid, None)
+    metrics.STATE.queued_builds = len(RT.queue)
+
+
+async def prime_jobs() -> None:
+    """Merges one LIST of our Jobs into the watch-fed view, once per process, before admitting.
+
+    After a restart the Job watch replays its initial listing concurrently with the resume
+    handlers; without this, builds resumed first would see too few active Jobs and over-admit.
+    Entries the watch already delivered win (they are newer); Jobs it reported deleted are skipped.
+    """
+    if RT.jobs_primed:
+        return
+    async with RT.prime_lock:
+        if RT.jobs_primed:
+            return
+        patterns = RT.settings.namespaces
+        for item in await RT.kube.list("/apis/batch/v1/jobs", jobs.SELECTOR):
+            meta = item.get("metadata") or {}
+            owner = (meta.get("labels") or {}).get(jobs.LABEL_UID)
+            if not owner or meta.get("uid") in RT.job_tombstones:
+                continue
+            if patterns and not any(fnmatch.fnmatchcase(meta.get("namespace", ""), p) for p in patterns):
+                continue
+            if meta.get("name") not in RT.jobs.get(owner, {}):
+                RT.remember(RT.jobs, owner, meta["name"], trim_job(item))
+        RT.jobs_primed = True
+        RT.job_tombstones.clear()
+        log.info("job view primed", extra={"active": RT.active_jobs()})
+
+
+async def start_job(
+    body: Mapping[str, Any], entry: pacing.QueueEntry, job: Obj, key: str
+) -> tuple[int, int] | None:
+    """Creates the builder Job if a build slot is free; else queues the build: (active, ahead)."""
+    cap = RT.settings.max_active_builds
+    ns, job_name = entry.namespace, job["metadata"]["name"]
+    if cap > 0:
+        await prime_jobs()
+    async with RT.admission_lock if cap > 0 else contextlib.nullcontext():
+        if cap > 0:
+            active, ahead = RT.active_jobs(), pacing.ahead_of(entry, RT.queue.values())
+            if not pacing.admit(active, cap, ahead):
+                RT.queue[entry.uid] = entry
+                metrics.STATE.queued_builds = len(RT.queue)
+                return active, ahead
+        _dequeue(entry.uid)
+        try:
+            created = await RT.kube.create(jobs_path(ns), job)
+            # Counted at once, not when the watch reports it: the next decision must see it.
+            RT.remember(RT.jobs, entry.uid, job_name, trim_job(created or job))
+            metrics.JOBS_CREATED.inc()
+            message = f"created builder Job {job_name} (cache key {key[:12]})"
+            _post(body, "Normal", jobstatus.JOB_CREATED, message)
+        except Conflict:
+            log.info("Job exists, adopting", extra={"eb": f"{ns}/{entry.name}", "job": job_name})
+    return None
+
+
+async def run(uid: str, ns: str, name: str, cause: str) -> None:
+    """reconcile() outside a kopf handler (poller: queued builds, upgrades): applies its status patch."""
+    body = await RT.kube.get(eb_path(ns, name))
+    if not body or body["metadata"].get("uid") != uid or body["metadata"].get("deletionTimestamp"):
+        _dequeue(uid)
+        return
+    patch = kopf.Patch()
+    try:
+        await reconcile(body, patch, cause)
+    except kopf.TemporaryError as e:
+        log.warning("retrying later", extra={"eb": f"{ns}/{name}", "cause": cause, "error": str(e)[:300]})
+        if cause == "upgrade":
+            RT.upgrades_tried.pop(uid, None)
+        elif cause == "admit":
+            # Back in line (its place is by age): the next poll tries again.
+            created = str(body["metadata"].get("creationTimestamp") or "")
+            RT.queue.setdefault(uid, pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
+    finally:
+        if patch.get("status"):
+            await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch["status"]})
+
+
+async def admit_queued() -> None:
+    """Starts queued builds, oldest first, while build slots are free."""
+    if not RT.queue:
+        return
+    async with RT.admitting:
+        cap = RT.settings.max_active_builds
+        await prime_jobs()
+        while RT.queue:
+            head = pacing.order(RT.queue.values())[0]
+            if not pacing.admit(RT.active_jobs(), cap):
+                break
+            _dequeue(head.uid)
+            await run(head.uid, head.namespace, head.name, "admit")
+            if head.uid in RT.queue:
+                break  # it went back (a slot was taken meanwhile, or a transient error)
+        metrics.STATE.queued_builds = len(RT.queue)
 
 
 def _ann(obj: Mapping[str, Any], key: str) -> str | None:
@@ -279,7 +427,7 @@ def _job_failed(job: Mapping[str, Any]) -> bool:
 async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
-        _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the spec changed")
+        _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the cache key changed")
 
 
 # -- Job + Pods -> status ---------------------------------------------------------------------------
@@ -400,6 +548,13 @@ async def sync(uid: str, ns: str, name: str) -> None:
         if statuses.is_noop(status, patch):
             return
         await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch})
+        if phase.value in statuses.TERMINAL:
+            # A build that ran with an older image (e.g. started before an operator upgrade) is
+            # rebuilt now that it has finished, once per image.
+            up = pacing.needs_upgrade({**body, "status": {**status, **patch}}, RT.settings)
+            if up is not None and RT.upgrades_tried.get(uid) != up.new_image:
+                RT.upgrades_tried[uid] = up.new_image
+                RT.schedule(uid, lambda: run(uid, ns, name, "upgrade"))
         if status.get("phase") != phase.value:
             metrics.TRANSITIONS.labels(phase.value, reason).inc()
             _post(body, "Warning" if phase == Phase.FAILED else "Normal", reason, message)

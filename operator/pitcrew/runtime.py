@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pitcrew.kube import Kube
+from pitcrew.pacing import QueueEntry
 from pitcrew.settings import Settings, SettingsError
 from pitcrew.storage import Storage
 
@@ -61,6 +62,16 @@ def trim_pod(body: Any) -> Obj:
     }
 
 
+def job_active(job: Obj) -> bool:
+    """A builder Job that holds a build slot: not being deleted, no Complete/Failed condition."""
+    if job["metadata"].get("deletionTimestamp"):
+        return False
+    return not any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or ()
+    )
+
+
 def _settings_or_default() -> Settings:
     try:
         return Settings.from_env()
@@ -90,6 +101,21 @@ class Runtime:
     # before its Job is this old: a pod that starts within it goes straight to Building (one status
     # write fewer per build). Unschedulable and retrying pods are written at once.
     quiet_queued_seconds: float = 10.0
+    # Builds waiting for a slot under PITCREW_MAX_ACTIVE_BUILDS (uid -> entry), served in
+    # pacing.order. In memory only: after a restart the resume handlers queue them again.
+    queue: dict[str, QueueEntry] = field(default_factory=dict)
+    # Held from the admission decision to the Job being in `jobs`, so two builds cannot both take
+    # the last slot.
+    admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    admitting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The Job view is complete only once one LIST of our Jobs has been merged into it (the watch
+    # may still be replaying its initial listing when the first builds are admitted after a start).
+    jobs_primed: bool = False
+    prime_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    job_tombstones: set[str] = field(default_factory=set)  # Job uids deleted before priming ended
+    # EngineBuild uid -> builder image an upgrade was last started for (one try per image and
+    # process: an upgrade that cannot start, e.g. InvalidSpec, does not loop).
+    upgrades_tried: dict[str, str] = field(default_factory=dict)
 
     def store(self) -> Storage:
         if self.storage is None:
@@ -107,8 +133,13 @@ class Runtime:
         else:
             table.setdefault(uid, {})[name] = value
 
+    def active_jobs(self) -> int:
+        return sum(1 for by_name in self.jobs.values() for job in by_name.values() if job_active(job))
+
     def forget(self, uid: str) -> None:
         self.in_flight.pop(uid, None)
+        self.queue.pop(uid, None)
+        self.upgrades_tried.pop(uid, None)
         self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
         self.locks.pop(uid, None)

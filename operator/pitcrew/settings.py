@@ -51,6 +51,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "How long a builder pod may stay unschedulable (Queued) before the build fails as Unschedulable.",
     ),
     EnvVar("PITCREW_POLL_SECONDS", "10", "Interval of the per-build timer: progress, grace expiry, resync."),
+    EnvVar(
+        "PITCREW_MAX_ACTIVE_BUILDS",
+        "8",
+        "Cap on builder Jobs running at once, cluster-wide (creates, spec changes and builder upgrades "
+        "alike); builds over it wait as Queued/WaitingForBuildSlot. 0: no cap.",
+    ),
     EnvVar("PITCREW_RETRY_SECONDS", "30", "Delay before retrying a transient error (S3 or API)."),
     EnvVar("PITCREW_METRICS_PORT", "8080", "Port of the Prometheus /metrics endpoint; 0 disables it."),
     EnvVar("PITCREW_HEALTH_PORT", "8081", "Port of kopf's liveness endpoint /healthz; 0 disables it."),
@@ -77,6 +83,7 @@ class Settings:
     unschedulable_grace_seconds: int = 300
     poll_seconds: float = 10.0
     retry_seconds: float = 30.0
+    max_active_builds: int = 8
     metrics_port: int = 8080
     health_port: int = 8081
     run_as_user: int = 1000
@@ -121,6 +128,7 @@ class Settings:
             unschedulable_grace_seconds=_int(raw, "PITCREW_UNSCHEDULABLE_GRACE_SECONDS", minimum=0),
             poll_seconds=_float(raw, "PITCREW_POLL_SECONDS", minimum=0.1),
             retry_seconds=_float(raw, "PITCREW_RETRY_SECONDS", minimum=0.1),
+            max_active_builds=_int(raw, "PITCREW_MAX_ACTIVE_BUILDS", minimum=0),
             metrics_port=_int(raw, "PITCREW_METRICS_PORT", minimum=0, maximum=65535),
             health_port=_int(raw, "PITCREW_HEALTH_PORT", minimum=0, maximum=65535),
             run_as_user=_int(raw, "PITCREW_RUN_AS_USER", minimum=1),

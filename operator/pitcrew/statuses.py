@@ -24,6 +24,7 @@ def compose(
     message: str,
     generation: int | None,
     now: str,
+    upgrade: bool | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """A merge patch for .status; fields set to None are removed (JSON merge-patch null)."""
@@ -33,7 +34,13 @@ def compose(
         "reason": reason,
         "message": message,
         "conditions": conditions.compute(
-            phase, reason, message, generation=generation, existing=current.get("conditions"), now=now
+            phase,
+            reason,
+            message,
+            generation=generation,
+            existing=current.get("conditions"),
+            now=now,
+            upgrade=upgrade,
         ),
     }
     if generation is not None:
