@@ -1,0 +1,188 @@
+"""Controlled pace and builder upgrades on the real control plane and S3, with the FAKE builder.
+
+Each test runs its own operator process (settings differ), after the lifecycle module's is gone.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pitcrew.devcluster import ClusterInfo
+
+from .harness import (
+    FAKE,
+    Operator,
+    apply,
+    engine_build,
+    get_eb,
+    install,
+    new_namespace,
+    owned,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: ClusterInfo) -> None:
+    install(cluster)
+    assert cluster.s3 is not None
+    s3 = cluster.s3_client()
+    for key, data in (
+        ("ckpt/tiny/config.json", b'{"hidden_size": 64}'),
+        ("ckpt/tiny/model.safetensors", b"0" * 512),
+    ):
+        s3.put_object(Bucket=cluster.s3.bucket, Key=key, Body=data)
+
+
+@pytest.fixture
+def ns(cluster: ClusterInfo, installed: None) -> Iterator[str]:
+    name = new_namespace(cluster, prefix="u")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(
+        c["type"] in ("Complete", "Failed") and c["status"] == "True"
+        for c in (job.get("status") or {}).get("conditions") or ()
+    )
+
+
+def _jobs(cluster: ClusterInfo, ns: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.client().get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
+    return items
+
+
+def _phase(cluster: ClusterInfo, ns: str, name: str) -> dict[str, Any]:
+    return (get_eb(cluster, ns, name) or {}).get("status") or {}
+
+
+def _events(cluster: ClusterInfo, ns: str, name: str) -> list[str]:
+    items = cluster.kubectl_json(
+        "-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return [e["reason"] for e in items]
+
+
+def test_max_active_builds_paces_jobs(cluster: ClusterInfo, ns: str, tmp_path: Path) -> None:
+    op = Operator(cluster, tmp_path, PITCREW_MAX_ACTIVE_BUILDS="1").start()
+    try:
+        names = [f"b{i}" for i in range(3)]
+        for i, name in enumerate(names):  # distinct options: three keys, three Jobs
+            apply(cluster, engine_build(cluster, name, ns, mode="sleep-3", **{"build.maxBatchSize": 10 + i}))
+        most, waited, queued_metric = 0, set(), 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            active = [
+                j
+                for j in _jobs(cluster, ns)
+                if not _finished(j) and not j["metadata"].get("deletionTimestamp")
+            ]
+            most = max(most, len(active))
+            statuses = {n: _phase(cluster, ns, n) for n in names}
+            waited |= {n for n, st in statuses.items() if st.get("reason") == "WaitingForBuildSlot"}
+            if waited and not queued_metric:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics").read().decode()
+                line = next(x for x in text.splitlines() if x.startswith("pitcrew_queued_builds "))
+                queued_metric = int(float(line.split()[1]))
+            if all(st.get("phase") in ("Succeeded", "Failed") for st in statuses.values()):
+                break
+            time.sleep(0.2)
+        assert {n: st.get("phase") for n, st in statuses.items()} == dict.fromkeys(names, "Succeeded"), (
+            op.tail()
+        )
+        assert most == 1, f"{most} builder Jobs were active at once"
+        assert len(_jobs(cluster, ns)) == 3
+        assert waited, "no build was ever Queued/WaitingForBuildSlot"
+        assert queued_metric >= 1
+        st = next(s for s in (_phase(cluster, ns, n) for n in names) if s)
+        assert st["cacheHit"] is False
+    finally:
+        op.stop()
+
+
+def test_builder_upgrade_rebuilds_unpinned_builds(cluster: ClusterInfo, ns: str, tmp_path: Path) -> None:
+    bodies = {
+        "u1": engine_build(cluster, "u1", ns, **{"build.maxBatchSize": 21}),
+        "u2": engine_build(cluster, "u2", ns, **{"build.maxBatchSize": 22}),
+        "pinned": engine_build(cluster, "pinned", ns, mode="ok", **{"build.maxBatchSize": 23}),
+    }
+    for name in ("u1", "u2"):
+        del bodies[name]["spec"]["builderImage"]  # follow the operator's image
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    op = Operator(cluster, tmp_path / "a").start()
+    try:
+        for body in bodies.values():
+            apply(cluster, body)
+        before = wait_for(
+            "three Succeeded builds",
+            lambda: (
+                (s := {n: get_eb(cluster, ns, n) for n in bodies})
+                and all((e or {}).get("status", {}).get("phase") == "Succeeded" for e in s.values())
+                and s
+            ),
+            timeout=90,
+            op=op,
+        )
+    finally:
+        op.stop()
+    uids = {n: e["metadata"]["uid"] for n, e in before.items()}
+    jobs_before = {n: {j["metadata"]["name"] for j in owned(cluster, "jobs", ns, uids[n])} for n in bodies}
+    for name in ("u1", "u2"):
+        assert before[name]["status"]["builderImage"] == f"{FAKE}:ok"
+
+    new_image = f"{FAKE}:ok2"
+    op = Operator(cluster, tmp_path / "b", PITCREW_BUILDER_IMAGE=new_image).start()
+    try:
+        upgraded: dict[str, dict[str, Any]] = {}
+        ready_while_rebuilding: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(upgraded) < 2:
+            for name in ("u1", "u2"):
+                st = _phase(cluster, ns, name)
+                conds = {c["type"]: c for c in st.get("conditions") or ()}
+                if conds.get("Reconciling", {}).get("status") == "True":
+                    # Mid-upgrade: the old engine is still recorded and Ready says so.
+                    ready_while_rebuilding.append(conds["Ready"]["status"])
+                    assert conds["Reconciling"]["reason"] == "BuilderUpgrade", st
+                    assert st["engine"]["uri"].rstrip("/").endswith(before[name]["status"]["cacheKey"]), st
+                if st.get("phase") == "Succeeded" and st.get("builderImage") == new_image:
+                    upgraded[name] = st
+            time.sleep(0.2)
+        assert set(upgraded) == {"u1", "u2"}, op.tail()
+        assert set(ready_while_rebuilding) <= {"True"}
+        for name, st in upgraded.items():
+            old = before[name]["status"]
+            assert st["cacheKey"] != old["cacheKey"]
+            assert st["engine"]["uri"].rstrip("/").endswith(st["cacheKey"])
+            assert st["engine"]["manifestSha256"] != old["engine"]["manifestSha256"]
+            assert st["cacheHit"] is False
+            jobs = owned(cluster, "jobs", ns, uids[name])
+            new_jobs = [j for j in jobs if j["metadata"]["name"] not in jobs_before[name]]
+            assert len(new_jobs) == 1, [j["metadata"]["name"] for j in jobs]
+            assert new_jobs[0]["metadata"]["annotations"]["pitcrew.dev/cache-key"] == st["cacheKey"]
+            image = new_jobs[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert image == new_image
+            reasons = wait_for(
+                "events", lambda n=name: (r := _events(cluster, ns, n)) and "BuilderUpgrade" in r
+            )
+            assert reasons
+        # The pinned build is left alone: same status, no new Job.
+        time.sleep(2)
+        pinned = get_eb(cluster, ns, "pinned")
+        assert pinned is not None
+        assert pinned["status"] == before["pinned"]["status"]
+        jobs_now = {j["metadata"]["name"] for j in owned(cluster, "jobs", ns, uids["pinned"])}
+        assert jobs_now == jobs_before["pinned"]
+        assert "BuilderUpgrade" not in _events(cluster, ns, "pinned")
+    finally:
+        op.stop()
