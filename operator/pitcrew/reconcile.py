@@ -428,6 +428,10 @@ async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
         _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the cache key changed")
+        # Its build slot is free now (the watch says so a moment later): the replacement may use it.
+        cached = RT.jobs.get(body["metadata"]["uid"], {}).get(name)
+        if cached is not None and not cached["metadata"].get("deletionTimestamp"):
+            cached["metadata"] = {**cached["metadata"], "deletionTimestamp": statuses.now_rfc3339()}
 
 
 # -- Job + Pods -> status ---------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from pitcrew import conditions, pacing, statuses
+from pitcrew import conditions, pacing, reconcile, statuses
 from pitcrew.api.v1alpha1 import Phase
 from pitcrew.runtime import Runtime, job_active
 from pitcrew.settings import Settings
@@ -170,3 +171,67 @@ def test_upgrade_of_a_failed_build_is_not_ready_and_a_spec_change_ends_an_upgrad
     )
     c = _by_type(changed["conditions"])
     assert c["Ready"]["status"] == "False" and c["Reconciling"]["reason"] == "y"
+
+
+class FakeKube:
+    def __init__(self, listed: list[dict[str, Any]] | None = None) -> None:
+        self.listed = listed or []
+        self.created: list[str] = []
+        self.lists = 0
+
+    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self.lists += 1
+        return self.listed
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body["metadata"]["name"])
+        return body
+
+
+def _listed_job(uid: str, name: str, *conds: tuple[str, str], job_uid: str = "") -> dict[str, Any]:
+    job = _job(*conds)
+    job["metadata"].update(
+        name=name,
+        namespace="a",
+        uid=job_uid or name,
+        labels={"pitcrew.dev/enginebuild-uid": uid},
+        annotations={"pitcrew.dev/enginebuild": uid},
+    )
+    return job
+
+
+def _with_runtime(monkeypatch: pytest.MonkeyPatch, kube: FakeKube, cap: int) -> Runtime:
+    rt = Runtime(settings=Settings.from_env({"PITCREW_MAX_ACTIVE_BUILDS": str(cap)}))
+    rt.kube = kube  # type: ignore[assignment]
+    monkeypatch.setattr(reconcile, "RT", rt)
+    return rt
+
+
+def test_restart_primes_the_job_view_before_admitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watch has not replayed these yet: one running Job, one finished, one it saw deleted.
+    kube = FakeKube(
+        [
+            _listed_job("u1", "running"),
+            _listed_job("u2", "done", ("Complete", "True")),
+            _listed_job("u3", "gone", job_uid="gone-uid"),
+        ]
+    )
+    rt = _with_runtime(monkeypatch, kube, cap=2)
+    rt.job_tombstones.add("gone-uid")
+
+    def job(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "spec": {}}
+
+    async def scenario() -> list[tuple[int, int] | None]:
+        out = []
+        for i, name in enumerate(("n1", "n2", "n3")):
+            entry = _entry(f"2026-01-01T10:00:0{i}Z", name)
+            out.append(await reconcile.start_job({"metadata": {}}, entry, job(f"{name}-job"), "k" * 64))
+        return out
+
+    results = asyncio.run(scenario())
+    # 1 Job was already running: one slot left, so n1 starts and the others queue.
+    assert results == [None, (2, 0), (2, 1)]
+    assert kube.created == ["n1-job"] and kube.lists == 1
+    assert [e.name for e in pacing.order(rt.queue.values())] == ["n2", "n3"]
+    assert rt.jobs_primed and rt.active_jobs() == 2
