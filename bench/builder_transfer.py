@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -47,8 +47,6 @@ from typing import Any
 from pitcrew.api.plan import Manifest, ManifestFile, Versions
 from pitcrew.api.v1alpha1 import Backend
 from pitcrew.devcluster import s3server
-from pitcrew.devcluster.binaries import locate
-from pitcrew.devcluster.ports import pick_free_ports
 from pitcrew_builder import logging as blog
 from pitcrew_builder.s3 import TransferSettings, make_client
 from pitcrew_builder.stages.fetch import S3Fetcher
@@ -130,36 +128,8 @@ def write_files(root: Path, sizes: dict[str, int]) -> None:
                 i += 1
 
 
-@contextlib.contextmanager
-def minio(tmp: Path) -> Iterator[tuple[s3server.S3Info, int]]:
-    bins = locate(["minio"], build=False)
-    port, console = pick_free_ports(2)
-    info = s3server.credentials(BUCKET, port)
-    data = tmp / "minio-data"
-    data.mkdir()
-    log = (tmp / "minio.log").open("wb")
-    proc = subprocess.Popen(
-        s3server.argv(bins, data, port, console),
-        env={**os.environ, **s3server.env(info)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not s3server.live(info):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"MinIO did not start; see {tmp / 'minio.log'}")
-            time.sleep(0.2)
-        s3server.ensure_bucket(info)
-        yield info, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def minio(tmp: Path) -> contextlib.AbstractContextManager[tuple[s3server.S3Info, int]]:
+    return s3server.standalone(tmp / "minio", BUCKET)
 
 
 # ---- the transfers ------------------------------------------------------------------------------

@@ -2,74 +2,21 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pitcrew.devcluster.s3server import S3Info, credentials, ensure_bucket, env, live
-
-MINIO_GLOB = str(Path.home() / ".cache/pitcrew/bin/minio-*/minio")
-
-
-def _minio_binary() -> str | None:
-    found = os.environ.get("PITCREW_MINIO") or next(iter(sorted(glob.glob(MINIO_GLOB))), None)
-    return found if found and os.access(found, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from pitcrew.devcluster.s3server import S3Info, standalone
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Info]:
-    """A MinIO server of its own for the builder tests (the devcluster's S3 helpers, our own process)."""
-    binary = _minio_binary()
-    if binary is None:
-        pytest.skip(f"MinIO binary not found ({MINIO_GLOB}); run hack/build-tools.sh")
-    data = tmp_path_factory.mktemp("minio")
-    port, console = _free_port(), _free_port()
-    info = credentials("pitcrew-builder-test", port)
-    log = (data.parent / "minio.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "server",
-            str(data / "data"),
-            "--address",
-            f"127.0.0.1:{port}",
-            "--console-address",
-            f"127.0.0.1:{console}",
-            "--quiet",
-        ],
-        env={**os.environ, **env(info)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not live(info):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"MinIO did not start (see {log.name})")
-            time.sleep(0.2)
-        ensure_bucket(info)
+    """A MinIO server of its own for the builder tests (lighter than the whole devcluster)."""
+    with standalone(tmp_path_factory.mktemp("minio"), "pitcrew-builder-test") as (info, _pid):
         yield info
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .binaries import Binaries
-from .ports import LOOPBACK
+from .binaries import Binaries, locate
+from .errors import DevclusterError
+from .ports import LOOPBACK, pick_free_ports
 
 REGION = "us-east-1"
 
@@ -109,3 +114,39 @@ def ensure_bucket(info: S3Info, timeout: float = 20) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def standalone(directory: Path, bucket: str, timeout: float = 30) -> Iterator[tuple[S3Info, int]]:
+    """A MinIO of its own in `directory` (data and minio.log), without the rest of the devcluster.
+
+    For tests and benchmarks that need only S3. Yields the connection info and the server's pid.
+    """
+    bins = locate(["minio"], build=False)
+    port, console = pick_free_ports(2)
+    info = credentials(bucket, port)
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    log_path = directory / "minio.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv(bins, directory / "data", port, console),
+            env={**os.environ, **env(info)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not live(info):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise DevclusterError("MinIO did not start", component="minio", log=log_path)
+                time.sleep(0.2)
+            ensure_bucket(info)
+            yield info, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
