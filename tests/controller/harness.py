@@ -59,6 +59,17 @@ def install(cluster: ClusterInfo) -> None:
     cluster.kubectl("apply", "-f", "-", input=render("pitcrew", OPERATOR_NS))
 
 
+def seed_checkpoint(cluster: ClusterInfo) -> None:
+    """The (fake) checkpoint the fake builder "builds": the controller lists it for the cache key."""
+    assert cluster.s3 is not None
+    s3 = cluster.s3_client()
+    for key, data in (
+        ("ckpt/tiny/config.json", b'{"hidden_size": 64}'),
+        ("ckpt/tiny/model.safetensors", b"0" * 512),
+    ):
+        s3.put_object(Bucket=cluster.s3.bucket, Key=key, Body=data)
+
+
 def operator_kubeconfig(cluster: ClusterInfo, path: Path) -> Path:
     token = cluster.kubectl("create", "token", "pitcrew", "-n", OPERATOR_NS, "--duration=6h").stdout.strip()
     config = {

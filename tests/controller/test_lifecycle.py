@@ -24,6 +24,7 @@ from .harness import (
     install,
     new_namespace,
     owned,
+    seed_checkpoint,
     wait_for,
     wait_phase,
 )
@@ -32,13 +33,7 @@ from .harness import (
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     install(cluster)
-    s3 = cluster.s3_client()
-    assert cluster.s3 is not None
-    for key, data in (
-        ("ckpt/tiny/config.json", b'{"hidden_size": 64}'),
-        ("ckpt/tiny/model.safetensors", b"0" * 512),
-    ):
-        s3.put_object(Bucket=cluster.s3.bucket, Key=key, Body=data)
+    seed_checkpoint(cluster)
     op = Operator(cluster, tmp_path_factory.mktemp("operator")).start()
     yield op
     op.stop()

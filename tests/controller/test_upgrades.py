@@ -24,6 +24,7 @@ from .harness import (
     install,
     new_namespace,
     owned,
+    seed_checkpoint,
     wait_for,
 )
 
@@ -33,13 +34,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def installed(cluster: ClusterInfo) -> None:
     install(cluster)
-    assert cluster.s3 is not None
-    s3 = cluster.s3_client()
-    for key, data in (
-        ("ckpt/tiny/config.json", b'{"hidden_size": 64}'),
-        ("ckpt/tiny/model.safetensors", b"0" * 512),
-    ):
-        s3.put_object(Bucket=cluster.s3.bucket, Key=key, Body=data)
+    seed_checkpoint(cluster)
 
 
 @pytest.fixture
