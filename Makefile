@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export PITCREW_CACHE_DIR ?= $(HOME)/.cache/pitcrew
+# The slowest tests are listed at the end of every run.
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: demo test down lint tools crds venv clean
 

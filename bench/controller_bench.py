@@ -94,6 +94,12 @@ def main() -> int:
     ap.add_argument("--objects", type=int, default=2000)
     ap.add_argument("--builds", type=int, default=5, help="real (fake-builder) builds for the write count")
     ap.add_argument("--kwok-nodes", type=int, default=70)
+    ap.add_argument(
+        "--max-active-builds",
+        default="0",
+        help="PITCREW_MAX_ACTIVE_BUILDS of the operator; 0 (no cap) measures the controller's own "
+        "throughput, the default 8 of a real deployment paces the burst on purpose",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
@@ -110,6 +116,7 @@ def main() -> int:
         op = Operator(
             cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
             PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
+            PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
         ).start()  # fmt: skip
         print(f"cluster + operator up in {time.monotonic() - t:.1f} s", file=sys.stderr)
         client = cluster.client()
