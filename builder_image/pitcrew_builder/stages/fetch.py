@@ -72,6 +72,11 @@ class PartState:
         return cls(etag=d["etag"], size=int(d["size"]), part_size=int(d["part_size"]), done=set(d["done"]))
 
 
+def download_delay() -> float:
+    # Test hook: slows each ranged part so a test can kill the builder in the middle of a download.
+    return float(os.environ.get("PITCREW_TEST_DOWNLOAD_DELAY", "0") or 0)
+
+
 # ---- pure decisions ---------------------------------------------------------------------------
 
 
@@ -342,10 +347,13 @@ class S3Fetcher:
     ) -> None:
         todo = [i for i in range(len(ranges)) if i not in state.done]
         fd = os.open(partial, os.O_WRONLY)
+        delay = download_delay()
         try:
 
             def get_part(index: int) -> None:
                 start, end = ranges[index]
+                if delay:
+                    time.sleep(delay)
                 try:
                     resp = self.client.get_object(
                         Bucket=self.location.bucket,
