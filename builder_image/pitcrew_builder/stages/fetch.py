@@ -28,8 +28,8 @@ from pitcrew_builder.uris import LocalLocation, S3Location
 
 STATE_FILE = ".pitcrew-fetch.json"
 PARTIAL_SUFFIX = ".partial"
-# Small enough to stay in the CPU cache between the socket read and the pwrite (measured: 256 KiB
-# beat 64 KiB, 1 MiB and 4 MiB; docs/benchmarks.md, Builder).
+# Buffer of the ranged downloader (reused per part). Measured: 256 KiB beat 64 KiB and 1 MiB, and
+# 1 MiB was on par with 4 MiB (docs/benchmarks.md, Builder).
 READ_BLOCK = 256 * 1024
 
 BytesFn = Callable[[int], None]
@@ -78,10 +78,11 @@ def raw_readinto(body: Any) -> Callable[[memoryview], int] | None:
     """`readinto` of the HTTP response under botocore's StreamingBody, or None.
 
     Reading into one reusable buffer instead of `body.read(n)` saves two allocations and a copy per
-    block (http.client reads into a fresh bytearray and copies it into bytes), which is most of the
-    client CPU of a download. http.client still enforces Content-Length (a short body reads as 0
-    early: the caller checks the length it got). botocore asks urllib3 for the body undecoded, so the
-    bytes are the same as `body.read()`'s. None when the internals differ: use `body.read`."""
+    block (http.client reads into a fresh bytearray and copies it into bytes); those allocations cost
+    kernel time (fresh pages) that grows when the cores are contended. http.client still enforces
+    Content-Length (a short body reads as 0 early: the caller checks the length it got). botocore
+    asks urllib3 for the body undecoded, so the bytes are the same as `body.read()`'s. None when the
+    internals differ: use `body.read`."""
     fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
     readinto = getattr(fp, "readinto", None)
     return readinto if callable(readinto) else None
