@@ -100,6 +100,11 @@ def main() -> int:
         help="PITCREW_MAX_ACTIVE_BUILDS of the operator; 0 (no cap) measures the controller's own "
         "throughput, the default 8 of a real deployment paces the burst on purpose",
     )
+    ap.add_argument(
+        "--malloc-arena-max",
+        default="2",
+        help="MALLOC_ARENA_MAX of the operator, as helm/pitcrew sets it ('' leaves glibc's default)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
@@ -117,6 +122,7 @@ def main() -> int:
             cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
             PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
             PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
+            **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
         ).start()  # fmt: skip
         print(f"cluster + operator up in {time.monotonic() - t:.1f} s", file=sys.stderr)
         client = cluster.client()
@@ -195,14 +201,17 @@ def main() -> int:
 
         wait_for("all cache hits", all_done, timeout=600, interval=2, op=op)
         total_objs = len(client.get(f"{EB_API}/enginebuilds")["items"])
-        rss_live = op.rss_mib()
+        rss_live, rss_peak = op.rss_mib(), op.rss_mib("VmHWM")
+        time.sleep(30)  # the poller hands freed heap back every 10 s (pitcrew.memory)
+        rss_settled = op.rss_mib()
         op.stop()
         op.start()
         time.sleep(20)  # resume of every object
         rss_restart = op.rss_mib()
         report.append(f"### Memory with {total_objs} EngineBuilds\n")
         report.append(
-            f"operator RSS {rss_live:.0f} MiB after handling them live ({n} cache hits + the builds above); "
+            f"operator RSS {rss_live:.0f} MiB right after handling them live ({n} cache hits + the builds "
+            f"above; peak {rss_peak:.0f} MiB), {rss_settled:.0f} MiB 30 s later; "
             f"{rss_restart:.0f} MiB 20 s after a restart (resume of every object)\n"
         )
         op.stop()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import kopf
 from kopf._core.engines import posting  # the Event queue's context variables (see _adopt_posting)
 
-from pitcrew import jobs, metrics, reconcile
+from pitcrew import jobs, memory, metrics, reconcile
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
 from pitcrew.runtime import RT, trim_job, trim_pod
 from pitcrew.settings import Settings, SettingsError
@@ -152,9 +153,13 @@ def _adopt_posting() -> None:
 
 
 async def poller() -> None:
+    last_trim = time.monotonic()
     while True:
         await asyncio.sleep(RT.settings.poll_seconds)
         _adopt_posting()
+        if time.monotonic() - last_trim >= memory.TRIM_INTERVAL_SECONDS:
+            memory.trim_heap()
+            last_trim = time.monotonic()
         try:
             await reconcile.admit_queued()
         except Exception as e:

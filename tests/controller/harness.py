@@ -142,10 +142,11 @@ class Operator:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def rss_mib(self) -> float:
+    def rss_mib(self, field: str = "VmRSS") -> float:
+        """Resident memory now (VmRSS) or at its peak since start (VmHWM)."""
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
