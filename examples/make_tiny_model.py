@@ -2,13 +2,13 @@
 
 Real checkpoints cannot be downloaded here; this one has the real layout (config.json +
 model.safetensors) at a size that builds in seconds. Usage:
-    python examples/make_tiny_model.py s3://pitcrew/models/tiny-llama
+    python examples/make_tiny_model.py s3://pitcrew/models/tiny-llama [--seed N]
 S3 endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
-def make_model(directory: Path) -> None:
-    torch.manual_seed(0)
+def make_model(directory: Path, seed: int = 0) -> None:
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -38,13 +38,17 @@ def upload(directory: Path, uri: str) -> list[str]:
 
 
 def main() -> int:
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("s3://"):
-        print("usage: make_tiny_model.py s3://bucket/prefix", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description="Upload a tiny random LLaMA checkpoint to S3.")
+    parser.add_argument("uri", help="s3://bucket/prefix")
+    parser.add_argument("--seed", type=int, default=0, help="another seed, other weights, another engine")
+    args = parser.parse_args()
+    if not args.uri.startswith("s3://"):
+        parser.error(f"uri {args.uri!r}: give an s3://bucket/prefix")
     with tempfile.TemporaryDirectory() as tmp:
-        make_model(Path(tmp))
-        for key in upload(Path(tmp), sys.argv[1]):
-            print(f"uploaded s3://{sys.argv[1].removeprefix('s3://').split('/')[0]}/{key}")
+        make_model(Path(tmp), args.seed)
+        bucket = args.uri.removeprefix("s3://").split("/")[0]
+        for key in upload(Path(tmp), args.uri):
+            print(f"uploaded s3://{bucket}/{key}")
     return 0
 
 

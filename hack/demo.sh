@@ -32,7 +32,8 @@ else
 fi
 
 say "a tiny LLaMA checkpoint in S3"
-$PY examples/make_tiny_model.py "s3://$PITCREW_S3_BUCKET/models/tiny-llama"
+# New weights every run (S3 data outlives `make down`), so the demo always compiles a new engine.
+$PY examples/make_tiny_model.py "s3://$PITCREW_S3_BUCKET/models/tiny-llama" --seed "$(date +%s)"
 kubectl create secret generic demo-s3 --dry-run=client -o yaml \
   --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
   --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" | kubectl apply -f -
