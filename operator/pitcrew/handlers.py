@@ -49,6 +49,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own per-handler INFO events would cost a write each; ours are posted explicitly.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    # Bounded per-object workers: a mass apply is processed 64 objects at a time instead of all at
+    # once, which bounds the memory peak (the watch stream waits meanwhile); an idle worker gives
+    # its slot back quickly so the bound does not throttle a burst.
+    settings.queueing.worker_limit = 64
+    settings.queueing.idle_timeout = 0.5
     metrics.serve(RT.settings.metrics_port)
     RT.poller = asyncio.get_running_loop().create_task(poller())
     log.info("pitcrew operator starting", extra={"settings": RT.settings.describe()})
