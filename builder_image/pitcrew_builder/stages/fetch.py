@@ -32,7 +32,6 @@ PARTIAL_SUFFIX = ".partial"
 # 1 MiB was on par with 4 MiB (docs/benchmarks.md, Builder).
 READ_BLOCK = 256 * 1024
 
-BytesFn = Callable[[int], None]
 FractionFn = Callable[[float, int], None]
 
 

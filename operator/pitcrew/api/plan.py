@@ -25,7 +25,6 @@ from pitcrew.api.v1alpha1 import (
     SourceFormat,
 )
 
-PLAN_FILE = "plan.json"
 # The env var of the builder container that carries the BuildPlan JSON (set by the controller).
 PLAN_JSON_ENV = "PITCREW_PLAN_JSON"
 MANIFEST_FILE = "manifest.json"
