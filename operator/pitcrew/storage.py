@@ -20,6 +20,7 @@ from pitcrew.cachekey import ListedObject
 
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 NO_BUCKET = frozenset({"NoSuchBucket"})
+TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
 
 
 class StorageError(Exception):
@@ -53,9 +54,20 @@ def _error(e: Exception, what: str) -> StorageError:
     if isinstance(e, ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        transient = status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError")
+        transient = status >= 500 or code in TRANSIENT_CODES
         return StorageError(f"{what}: {code or status} {e}", transient=transient)
     return StorageError(f"{what}: {e}", transient=True)
+
+
+def delete_errors(uri: str, errors: list[dict[str, Any]], deleted: int) -> StorageError:
+    """The per-key Errors of a DeleteObjects answer as one error (transient only if all are)."""
+    shown = ", ".join(f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}".rstrip() for e in errors[:3])
+    more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
+    transient = all(str(e.get("Code")) in TRANSIENT_CODES for e in errors)
+    return StorageError(
+        f"deleting {uri}: {len(errors)} of {deleted + len(errors)} objects not deleted: {shown}{more}",
+        transient=transient,
+    )
 
 
 class Storage:
@@ -127,7 +139,11 @@ class Storage:
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
                 if keys:
-                    client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True})
+                    resp = client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True})
+                    # A 200 answer can still refuse some keys: they are listed under Errors.
+                    errors = resp.get("Errors") or []
+                    if errors:
+                        raise delete_errors(uri, errors, deleted + len(keys) - len(errors))
                     deleted += len(keys)
         except (ClientError, BotoCoreError) as e:
             raise _error(e, f"deleting {uri}") from e
