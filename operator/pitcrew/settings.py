@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitcrew.api.v1alpha1 import Backend
+
+if TYPE_CHECKING:
+    from pitcrew.tenancy import TenantPolicy
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/pitcrew/builder:0.1.0"
 DEFAULT_RTX_BUILDER_IMAGE = "ghcr.io/pitcrew/builder-rtx:0.1.0"
@@ -63,7 +66,20 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PITCREW_RUN_AS_USER", "1000", "runAsUser (and runAsGroup, fsGroup) of builder pods."),
     EnvVar("PITCREW_SCRATCH_SIZE_LIMIT", "", "sizeLimit of the /scratch emptyDir (e.g. 200Gi); empty: none."),
     EnvVar("PITCREW_LOG_FORMAT", "json", "Log format: json (structured) or plain."),
+    EnvVar(
+        "PITCREW_TENANT_POLICY",
+        "",
+        "Per-namespace grants (JSON, from the chart's `tenancy` values): S3 prefixes the operator may "
+        "access with its own identity, endpoints, builder images, priority classes, toleration and "
+        "nodeSelector keys, maximum resources. Empty: nothing granted (see docs/controller.md#tenancy).",
+    ),
 )
+
+
+def _no_grants() -> TenantPolicy:
+    from pitcrew.tenancy import TenantPolicy
+
+    return TenantPolicy()
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Settings:
     run_as_user: int = 1000
     scratch_size_limit: str | None = None
     log_format: str = "json"
+    tenant_policy: TenantPolicy = field(default_factory=_no_grants)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +131,12 @@ class Settings:
                 raise SettingsError(
                     f"{name}={raw[name]!r}: give an image reference such as {DEFAULT_BUILDER_IMAGE}"
                 )
+        from pitcrew.tenancy import PolicyError, TenantPolicy
+
+        try:
+            tenant_policy = TenantPolicy.parse(env.get("PITCREW_TENANT_POLICY") or "")
+        except PolicyError as e:
+            raise SettingsError(str(e)) from None
         return cls(
             builder_images={
                 Backend.TENSORRT_LLM: raw["PITCREW_BUILDER_IMAGE"],
@@ -134,6 +157,7 @@ class Settings:
             run_as_user=_int(raw, "PITCREW_RUN_AS_USER", minimum=1),
             scratch_size_limit=raw["PITCREW_SCRATCH_SIZE_LIMIT"] or None,
             log_format=log_format,
+            tenant_policy=tenant_policy,
         )
 
     def builder_image(self, backend: Backend) -> str:
@@ -143,6 +167,7 @@ class Settings:
         """For the startup log line."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["builder_images"] = {str(k): v for k, v in self.builder_images.items()}
+        out["tenant_policy"] = [pattern for pattern, _ in self.tenant_policy.rules]
         return out
 
 
