@@ -55,6 +55,45 @@ def test_max_num_tokens_rules(padding: bool, fmha: bool, given: int, expected: i
     assert sizes.opt_num_tokens is None or sizes.opt_num_tokens <= sizes.max_num_tokens
 
 
+# Rows computed by hand from tensorrt_llm/_common.py:check_max_num_tokens (TensorRT-LLM 1.2.x):
+# (padding, fmha, batch, beam, input, seq, given max, given opt, multiple profiles) -> (max, opt)
+CHECK_MAX_NUM_TOKENS_TABLE = [
+    # opt defaults from the *given* max (32) before max is raised to tokens_per_block (128)
+    ((True, True, 64, 1, 1024, 2048, 32, None, False), (128, 32)),
+    ((True, True, 4, 1, 1024, 2048, None, None, False), (8192, 4)),  # Megatron defaults
+    ((True, True, 4, 2, 1024, 2048, None, None, False), (8192, 8)),  # beam widens opt
+    ((True, True, 4, 1, 1024, 2048, None, None, True), (8192, None)),  # multiple profiles: no opt
+    ((True, True, 4, 1, 1024, 2048, 100_000, None, False), (8192, 4)),  # clamped to batch x seq
+    ((True, True, 8, 1, 1024, 2048, 100, 500, False), (128, 128)),  # opt clamped to the raised max
+    ((True, False, 64, 1, 1024, 2048, 32, None, False), (1024, 32)),  # no FMHA: raised to input len
+    ((True, True, 1, 1, 64, 100, None, None, False), (128, 1)),  # product 100 < tokens_per_block
+    ((True, True, 3000, 1, 1024, 2048, None, None, False), (3000 * 2048, 3000)),  # no cap at 16384
+    ((False, True, 4, 1, 1024, 2048, 99, 7, False), (8192, 7)),  # padded: max = product, opt kept
+    ((False, True, 4, 1, 1024, 2048, None, None, False), (8192, None)),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CHECK_MAX_NUM_TOKENS_TABLE)
+def test_sizes_follow_check_max_num_tokens(
+    args: tuple[bool, bool, int, int, int, int, int | None, int | None, bool], expected: tuple[int, int | None]
+) -> None:
+    padding, fmha, batch, beam, input_len, seq_len, given_max, given_opt, profiles = args
+    sizes = resolve_sizes(
+        max_input_len=input_len,
+        max_output_len=seq_len - input_len,
+        max_seq_len=seq_len,
+        max_batch_size=batch,
+        max_beam_width=beam,
+        max_num_tokens=given_max,
+        opt_num_tokens=given_opt,
+        remove_input_padding=padding,
+        context_fmha=fmha,
+        tokens_per_block=128,
+        multiple_profiles=profiles,
+    )
+    assert (sizes.max_num_tokens, sizes.opt_num_tokens) == expected
+
+
 def test_camel_case_wire_form_round_trips() -> None:
     spec = EngineBuildSpec.model_validate({**MINIMAL, "build": {"maxInputLen": 512, "maxSeqLen": 600}})
     wire = spec.to_api()

@@ -42,29 +42,46 @@ def resolve_sizes(
     tokens_per_block: int,
     multiple_profiles: bool,
 ) -> ResolvedSizes:
-    """max_seq_len defaults to input + output; then TRT-LLM's check_max_num_tokens rules."""
+    """max_seq_len defaults to input + output; then TRT-LLM's check_max_num_tokens, step for step.
+
+    Follows tensorrt_llm/_common.py:check_max_num_tokens (TensorRT-LLM 1.2.x), in its order: the
+    default opt_num_tokens is taken from the user's (or product) max_num_tokens *before* that is
+    raised to tokens_per_block, so batch 64, maxNumTokens 32, tokensPerBlock 128 gives (128, 32).
+    One deliberate difference: with padded inputs and no sizes given TRT-LLM returns
+    max_num_tokens None; we return max_batch_size * max_seq_len, which is what a padded engine's
+    inputs hold (prepare_inputs reads neither value then) and what BuildConfig's int field accepts.
+    """
     seq_len = max_seq_len if max_seq_len is not None else max_input_len + max_output_len
     warnings: list[str] = []
     product = max_batch_size * seq_len
     if not remove_input_padding:
-        # Padded inputs: every sequence occupies max_seq_len slots; user values are ignored.
+        # Padded inputs: every sequence occupies max_seq_len slots. TRT-LLM returns opt as given.
         if max_num_tokens is not None and max_num_tokens != product:
             warnings.append(
                 f"maxNumTokens {max_num_tokens} ignored without removeInputPadding; using {product}"
             )
-        num_tokens = product
-        opt = None
-    else:
-        num_tokens = product if max_num_tokens is None else min(max_num_tokens, product)
-        if num_tokens > LARGE_NUM_TOKENS:
-            warnings.append(f"maxNumTokens {num_tokens} is above {LARGE_NUM_TOKENS}: large activation memory")
-        floor = tokens_per_block if context_fmha else max_input_len
-        num_tokens = max(num_tokens, floor)
-        opt = opt_num_tokens
-        if opt is None and not multiple_profiles:
-            opt = min(max_batch_size * max_beam_width, num_tokens)
-        if opt is not None:
-            opt = min(opt, num_tokens)
+        return ResolvedSizes(
+            max_input_len=max_input_len,
+            max_seq_len=seq_len,
+            max_batch_size=max_batch_size,
+            max_beam_width=max_beam_width,
+            max_num_tokens=product,
+            opt_num_tokens=opt_num_tokens,
+            warnings=tuple(warnings),
+        )
+    num_tokens = product if max_num_tokens is None else max_num_tokens
+    opt = opt_num_tokens
+    if opt is None and not multiple_profiles:
+        opt = min(max_batch_size * max_beam_width, num_tokens)
+    if num_tokens > LARGE_NUM_TOKENS:
+        warnings.append(f"maxNumTokens {num_tokens} is above {LARGE_NUM_TOKENS}: large activation memory")
+    num_tokens = min(num_tokens, product)
+    if num_tokens < max_input_len and not context_fmha:
+        num_tokens = max_input_len
+    elif num_tokens < tokens_per_block and context_fmha:
+        num_tokens = tokens_per_block
+    if opt is not None and opt > num_tokens:
+        opt = num_tokens
     return ResolvedSizes(
         max_input_len=max_input_len,
         max_seq_len=seq_len,
