@@ -75,7 +75,8 @@ CHECK_MAX_NUM_TOKENS_TABLE = [
 
 @pytest.mark.parametrize(("args", "expected"), CHECK_MAX_NUM_TOKENS_TABLE)
 def test_sizes_follow_check_max_num_tokens(
-    args: tuple[bool, bool, int, int, int, int, int | None, int | None, bool], expected: tuple[int, int | None]
+    args: tuple[bool, bool, int, int, int, int, int | None, int | None, bool],
+    expected: tuple[int, int | None],
 ) -> None:
     padding, fmha, batch, beam, input_len, seq_len, given_max, given_opt, profiles = args
     sizes = resolve_sizes(
