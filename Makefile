@@ -3,17 +3,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml devcluster/pyproject.toml | sha256sum | cut -c1-12)
 export PITCREW_CACHE_DIR ?= $(HOME)/.cache/pitcrew
 # The slowest tests are listed at the end of every run.
 PYTEST_ARGS ?= --durations=15
 
 .PHONY: demo test down lint tools crds venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devcluster/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(PY) || uv venv --quiet --python $(PYTHON) $(VENV)
-	uv pip install --quiet --python $(PY) -e '.[dev]'
+	uv pip install --quiet --python $(PY) -e '.[dev]' -e './devcluster[s3]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -36,7 +36,7 @@ demo: venv tools
 
 down:
 	@pid=$${PITCREW_STATE_DIR:-.pitcrew/devcluster}/operator.pid; if [ -f $$pid ]; then kill $$(cat $$pid) 2>/dev/null || true; rm -f $$pid; fi
-	@if [ -x $(PY) ]; then $(PY) -m pitcrew.devcluster down; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m pitcrew_devcluster down; else echo "nothing to stop"; fi
 
 test: venv tools lint
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/builder_transfer.py [--size-mib 1024] [--repeat 2] [--max-seconds 900]
 
-Starts MinIO (hack/build-tools.sh builds it; pitcrew.devcluster.s3server starts it the project's way)
+Starts MinIO (hack/build-tools.sh builds it; pitcrew_devcluster.s3server starts it the project's way)
 on a free loopback port with its data in a temp dir, writes a model-shaped directory (a few large
 "safetensors" files and some small json/tokenizer files, --size-mib in total, random bytes) and
 measures, in this process, each repeat in alternating order:
@@ -46,13 +46,15 @@ from typing import Any
 
 from pitcrew.api.plan import Manifest, ManifestFile, Versions
 from pitcrew.api.v1alpha1 import Backend
-from pitcrew.devcluster import s3server
 from pitcrew_builder import logging as blog
 from pitcrew_builder.s3 import TransferSettings, make_client
 from pitcrew_builder.stages.fetch import S3Fetcher
 from pitcrew_builder.stages.publish import hash_files, list_engine_files, publish
 from pitcrew_builder.store import S3Store
 from pitcrew_builder.uris import S3Location
+from pitcrew_devcluster import s3server
+
+BUILD_TOOLS = Path(__file__).resolve().parents[1] / "hack" / "build-tools.sh"
 
 MiB = 1024 * 1024
 BUCKET = "bench"
@@ -129,7 +131,7 @@ def write_files(root: Path, sizes: dict[str, int]) -> None:
 
 
 def minio(tmp: Path) -> contextlib.AbstractContextManager[tuple[s3server.S3Info, int]]:
-    return s3server.standalone(tmp / "minio", BUCKET)
+    return s3server.standalone(tmp / "minio", BUCKET, build_tools=BUILD_TOOLS)
 
 
 # ---- the transfers ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from controller.harness import (  # noqa: E402
+    BUILD_TOOLS,
     EB_API,
     Operator,
     engine_build,
@@ -31,8 +32,8 @@ from controller.harness import (  # noqa: E402
     new_namespace,
     wait_for,
 )
-from pitcrew.devcluster import UpOptions, down, start_kwok, up  # noqa: E402
-from pitcrew.devcluster.kwok import TOLERATION  # noqa: E402
+from pitcrew_devcluster import UpOptions, down, start_kwok, up  # noqa: E402
+from pitcrew_devcluster.kwok import TOLERATION  # noqa: E402
 
 KWOK_PRODUCT = "NVIDIA-L4"
 
@@ -109,11 +110,20 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
     t = time.monotonic()
-    cluster = up(UpOptions(state_dir=sd, build=False, image_rules=[fake_builder_rule()]))
+    cluster = up(
+        UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, image_rules=[fake_builder_rule()])
+    )
     report: list[str] = []
     try:
         install(cluster)
-        start_kwok(args.kwok_nodes, sd, gpu_product=KWOK_PRODUCT, compute_capability="8.9", build=False)
+        start_kwok(
+            args.kwok_nodes,
+            sd,
+            gpu_product=KWOK_PRODUCT,
+            compute_capability="8.9",
+            build=False,
+            build_tools=BUILD_TOOLS,
+        )
         s3 = cluster.s3_client()
         assert cluster.s3 is not None
         s3.put_object(Bucket=cluster.s3.bucket, Key="ckpt/tiny/config.json", Body=b"{}")

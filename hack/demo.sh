@@ -10,12 +10,13 @@ export PITCREW_STATE_DIR=$STATE
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "local control plane, local GPU node and S3"
-if $PY -m pitcrew.devcluster status >/dev/null 2>&1; then
+if $PY -m pitcrew_devcluster status >/dev/null 2>&1; then
   echo "already running (make down stops it)"
 else
-  $PY -m pitcrew.devcluster up
+  # The process node runs the builder image as this venv's console script (its ENTRYPOINT).
+  $PY -m pitcrew_devcluster up --image-rule "ghcr.io/pitcrew/builder=$PWD/.venv/bin/pitcrew-builder"
 fi
-eval "$($PY -m pitcrew.devcluster env)"
+eval "$($PY -m pitcrew_devcluster env)"
 kubectl get nodes -L nvidia.com/gpu.product
 
 say "CRD"
@@ -75,7 +76,7 @@ kubectl get eb tiny-llama-rtx-again -o jsonpath='{.status.cacheHit}{"\n"}'
 
 say "try it yourself"
 cat <<TXT
-  eval "\$($PY -m pitcrew.devcluster env)"
+  eval "\$($PY -m pitcrew_devcluster env)"
   kubectl get eb                      # EngineBuilds (short name eb)
   kubectl explain eb.spec.build       # every build option, documented
   kubectl get jobs,pods

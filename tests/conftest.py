@@ -6,10 +6,11 @@ PITCREW_REUSE_CLUSTER=1 it uses the cluster running in $PITCREW_STATE_DIR (defau
 .pitcrew/devcluster), starting one there if none runs, and leaves it running for the next session.
 Tests using it are marked `cluster` automatically (deselect with `-m "not cluster"`).
 
-The local node runs `pitcrew.test/fake-builder:*` images as tests/controller/fake_builder.py: the
-fixture passes that image rule (the package knows nothing about tests). A reused cluster must
-have been started with it too (`--image-rule pitcrew.test/fake-builder=".venv/bin/python
-tests/controller/fake_builder.py"`).
+The local node runs `pitcrew.test/fake-builder:*` images as tests/controller/fake_builder.py and
+`ghcr.io/pitcrew/builder*` as the venv's `pitcrew-builder`: the fixture passes those image rules
+(the package knows nothing about tests or the builder). A reused cluster must have been started
+with them too (`--image-rule pitcrew.test/fake-builder=".venv/bin/python
+tests/controller/fake_builder.py" --image-rule ghcr.io/pitcrew/builder=.venv/bin/pitcrew-builder`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.harness import fake_builder_rule
-from pitcrew.devcluster import (
+from controller.harness import BUILD_TOOLS, builder_image_rule, fake_builder_rule
+from pitcrew_devcluster import (
     ClusterInfo,
     DevclusterError,
     UpOptions,
@@ -40,7 +41,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _options(state_dir: Path) -> UpOptions:
-    return UpOptions(state_dir=state_dir, build=False, image_rules=[fake_builder_rule()])
+    return UpOptions(
+        state_dir=state_dir,
+        build=False,
+        build_tools=BUILD_TOOLS,
+        image_rules=[fake_builder_rule(), builder_image_rule()],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,9 +80,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
 @pytest.fixture(scope="session")
 def fake_gpu_nodes(cluster: ClusterInfo) -> Callable[[int], list[str]]:
     """`fake_gpu_nodes(n)` adds n kwok GPU nodes (label type=kwok, taint kwok.x-k8s.io/node=fake:NoSchedule)
-    and returns their names; pods need the toleration `pitcrew.devcluster.kwok.TOLERATION`."""
+    and returns their names; pods need the toleration `pitcrew_devcluster.kwok.TOLERATION`."""
 
     def add(count: int) -> list[str]:
-        return start_kwok(count, cluster.state_dir, build=False)
+        return start_kwok(count, cluster.state_dir, build=False, build_tools=BUILD_TOOLS)
 
     return add

@@ -29,7 +29,7 @@ def credentials_problem(env: dict[str, str], home: Path, token: Path = SERVICE_A
         return None
     return (
         "no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG "
-        '(for the local cluster: eval "$(python -m pitcrew.devcluster env)")'
+        '(for the local cluster: eval "$(python -m pitcrew_devcluster env)")'
     )
 
 

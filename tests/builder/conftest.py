@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pitcrew.devcluster.s3server import S3Info, standalone
+from pitcrew_devcluster.s3server import S3Info, standalone
+
+BUILD_TOOLS = Path(__file__).resolve().parents[2] / "hack" / "build-tools.sh"
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Info]:
     """A MinIO server of its own for the builder tests (lighter than the whole devcluster)."""
-    with standalone(tmp_path_factory.mktemp("minio"), "pitcrew-builder-test") as (info, _pid):
+    with standalone(tmp_path_factory.mktemp("minio"), "pitcrew-builder-test", build_tools=BUILD_TOOLS) as (
+        info,
+        _pid,
+    ):
         yield info
 
 

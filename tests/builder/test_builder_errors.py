@@ -11,8 +11,8 @@ import pytest
 from builder_plans import make_plan
 from builder_run import builder_argv, run_builder, subprocess_env
 
-from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.errors import EXIT_BUILD_ERROR, EXIT_INVALID_INPUT, EXIT_SOURCE_UNAVAILABLE
+from pitcrew_devcluster.s3server import S3Info
 
 
 def _run(

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.s3 import TransferSettings, make_client
 from pitcrew_builder.stages import fetch
 from pitcrew_builder.stages.fetch import S3Fetcher
 from pitcrew_builder.uris import S3Location
+from pitcrew_devcluster.s3server import S3Info
 
 KiB = 1024
 SETTINGS = TransferSettings(concurrency=2, part_size=256 * KiB, resumable_threshold=1024 * KiB)

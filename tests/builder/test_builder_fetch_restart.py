@@ -18,7 +18,7 @@ from builder_plans import make_plan, write_plan
 from builder_run import builder_argv, run_builder, subprocess_env
 from safetensors import safe_open
 
-from pitcrew.devcluster.s3server import S3Info
+from pitcrew_devcluster.s3server import S3Info
 
 MiB = 1024 * 1024
 BIG = "consolidated.safetensors"

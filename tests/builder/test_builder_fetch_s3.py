@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from pitcrew.cachekey import ListedObject, listing_digest
-from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.s3 import TransferSettings
 from pitcrew_builder.stages.fetch import STATE_FILE, S3Fetcher
 from pitcrew_builder.uris import S3Location
+from pitcrew_devcluster.s3server import S3Info
 
 KiB = 1024
 SETTINGS = TransferSettings(concurrency=4, part_size=256 * KiB, resumable_threshold=1024 * KiB)

@@ -15,11 +15,11 @@ from builder_plans import make_plan, write_plan
 from builder_run import builder_argv, parse_events, run_builder, subprocess_env
 
 from pitcrew.api.plan import MANIFEST_FILE, PROGRESS_FILE, Manifest
-from pitcrew.devcluster.s3server import S3Info
 from pitcrew_builder.s3 import TransferSettings
 from pitcrew_builder.stages.publish import existing_engine, publish
 from pitcrew_builder.store import S3Store
 from pitcrew_builder.uris import S3Location
+from pitcrew_devcluster.s3server import S3Info
 
 
 def _keys(client: Any, bucket: str, prefix: str) -> dict[str, int]:

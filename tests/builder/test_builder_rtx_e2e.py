@@ -12,7 +12,7 @@ from builder_plans import make_plan, write_plan
 from builder_run import run_builder
 
 from pitcrew.api.plan import MANIFEST_FILE, Manifest
-from pitcrew.devcluster.s3server import S3Info
+from pitcrew_devcluster.s3server import S3Info
 
 ENGINE_MAGIC = b"vtrt"  # TensorRT(-RTX) serialized plan header
 

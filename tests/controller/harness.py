@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "pitcrew-system"
@@ -28,9 +28,20 @@ FAKE = "pitcrew.test/fake-builder"
 FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parent / "fake_builder.py"
 
 
+BUILDER_IMAGE = "ghcr.io/pitcrew/builder"  # also the prefix of ghcr.io/pitcrew/builder-rtx
+BUILD_TOOLS = ROOT / "hack" / "build-tools.sh"
+
+
 def fake_builder_rule() -> dict[str, Any]:
     """The local node's image rule for the FAKE builder (UpOptions.image_rules): test-side only."""
     return {"prefix": FAKE, "entrypoint": [sys.executable, str(FAKE_BUILDER_SCRIPT)]}
+
+
+def builder_image_rule(venv_bin: Path | None = None) -> dict[str, Any]:
+    """The process node's image rule for the builder images: builder_image/Dockerfile's
+    ENTRYPOINT ["pitcrew-builder"], CMD ["--help"], as the console script of this venv."""
+    bin_dir = venv_bin or Path(sys.executable).parent
+    return {"prefix": BUILDER_IMAGE, "entrypoint": [str(bin_dir / "pitcrew-builder")], "cmd": ["--help"]}
 
 
 sys.path.insert(0, str(ROOT / "hack"))

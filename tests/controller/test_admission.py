@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 from .harness import engine_build, install
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 from .harness import (
     Operator,

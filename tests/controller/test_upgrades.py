@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 from .harness import (
     FAKE,

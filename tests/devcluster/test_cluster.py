@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pitcrew.devcluster import ClusterInfo, DevclusterError, UpOptions, up
-from pitcrew.devcluster import kwok as kwok_mod
-from pitcrew.devcluster.procs import alive
+from controller.harness import BUILD_TOOLS
+from pitcrew_devcluster import ClusterInfo, DevclusterError, UpOptions, up
+from pitcrew_devcluster import kwok as kwok_mod
+from pitcrew_devcluster.procs import alive
 
 pytestmark = pytest.mark.cluster
 
@@ -277,7 +278,7 @@ def test_s3_bucket(cluster: ClusterInfo) -> None:
 def test_second_up_is_refused(cluster: ClusterInfo) -> None:
     start = time.monotonic()
     with pytest.raises(DevclusterError, match="already running"):
-        up(UpOptions(state_dir=cluster.state_dir, build=False))
+        up(UpOptions(state_dir=cluster.state_dir, build=False, build_tools=BUILD_TOOLS))
     assert time.monotonic() - start < 5
 
 
@@ -289,7 +290,11 @@ def test_port_in_use_is_reported(tmp_path: Path, cluster: ClusterInfo) -> None:
         with pytest.raises(
             DevclusterError, match=rf"kube-apiserver: port 127.0.0.1:{port} is already in use"
         ):
-            up(UpOptions(state_dir=tmp_path / "second", apiserver_port=port, build=False))
+            up(
+                UpOptions(
+                    state_dir=tmp_path / "second", apiserver_port=port, build=False, build_tools=BUILD_TOOLS
+                )
+            )
     assert not (tmp_path / "second" / "state.json").exists()
 
 

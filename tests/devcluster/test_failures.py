@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pitcrew.devcluster import DevclusterError, UpOptions, cluster, controlplane, up
-from pitcrew.devcluster.procs import alive
-from pitcrew.devcluster.state import STATE_FILE
+from controller.harness import BUILD_TOOLS
+from pitcrew_devcluster import DevclusterError, UpOptions, cluster, controlplane, up
+from pitcrew_devcluster.procs import alive
+from pitcrew_devcluster.state import STATE_FILE
 
 pytestmark = pytest.mark.cluster
 
@@ -37,7 +38,7 @@ def test_component_exiting_early_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(controlplane, "etcd", broken_etcd)
     start = time.monotonic()
     with pytest.raises(DevclusterError) as err:
-        up(UpOptions(state_dir=tmp_path, build=False, s3=False))
+        up(UpOptions(state_dir=tmp_path, build=False, s3=False, build_tools=BUILD_TOOLS))
     message = str(err.value)
     assert message.startswith("etcd: exited early with code")
     assert "no-such-flag" in message
@@ -54,13 +55,13 @@ def test_readiness_timeout_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(
         DevclusterError, match=r"(?s)node pitcrew-local: not ready after 15 s .*localnode\.log"
     ):
-        up(UpOptions(state_dir=tmp_path, build=False, s3=False, timeout=15))
+        up(UpOptions(state_dir=tmp_path, build=False, s3=False, timeout=15, build_tools=BUILD_TOOLS))
     assert time.monotonic() - start < 45
     assert _pids_started(tmp_path) == []
 
 
 def test_down_stops_running_pods(tmp_path: Path) -> None:
-    info = up(UpOptions(state_dir=tmp_path, build=False, s3=False))
+    info = up(UpOptions(state_dir=tmp_path, build=False, s3=False, build_tools=BUILD_TOOLS))
     try:
         pod = {
             "apiVersion": "v1",

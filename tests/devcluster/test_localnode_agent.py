@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pitcrew.devcluster.kubeapi import WatchExpired
-from pitcrew.devcluster.localnode.agent import PodAgent
-from pitcrew.devcluster.localnode.config import LocalNodeConfig
+from pitcrew_devcluster.kubeapi import WatchExpired
+from pitcrew_devcluster.localnode.agent import PodAgent
+from pitcrew_devcluster.localnode.config import LocalNodeConfig
 
 Obj = dict[str, Any]
 

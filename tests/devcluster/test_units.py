@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from pitcrew.devcluster import binaries, certs, kubeconfig, ports
-from pitcrew.devcluster.errors import DevclusterError
-from pitcrew.devcluster.localnode import podspec
-from pitcrew.devcluster.localnode.config import DEFAULT_LOCAL_IMAGES, LocalNodeConfig, default_image_rules
-from pitcrew.devcluster.localnode.podspec import ConfigMissing, ImageRule, PodSpecError
-from pitcrew.devcluster.localnode.status import ContainerState, terminal_phase
+from controller.harness import builder_image_rule
+from pitcrew_devcluster import binaries, certs, kubeconfig, ports
+from pitcrew_devcluster.errors import DevclusterError
+from pitcrew_devcluster.localnode import podspec
+from pitcrew_devcluster.localnode.config import DEFAULT_LOCAL_IMAGES, LocalNodeConfig, default_image_rules
+from pitcrew_devcluster.localnode.podspec import ConfigMissing, ImageRule, PodSpecError
+from pitcrew_devcluster.localnode.status import ContainerState, terminal_phase
 
 Obj = dict[str, Any]
 
@@ -66,7 +67,7 @@ def test_port_in_use_is_named() -> None:
 
 # -- command mapping ---------------------------------------------------------------------------
 
-RULES = [ImageRule(**r) for r in default_image_rules("/venv/bin")]
+RULES = [ImageRule(**r) for r in [builder_image_rule(Path("/venv/bin")), *default_image_rules()]]
 
 
 def test_builder_image_runs_venv_console_script() -> None:

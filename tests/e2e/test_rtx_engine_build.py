@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from controller.harness import Operator, apply, get_eb, install, new_namespace, owned, wait_phase
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pitcrew.devcluster import ClusterInfo
+from pitcrew_devcluster import ClusterInfo
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "pitcrew"

@@ -18,15 +18,10 @@ STATE_FILE = "state.json"
 
 
 def default_state_dir() -> Path:
-    """$PITCREW_STATE_DIR, else .pitcrew/devcluster in this checkout, else ~/.cache/pitcrew/devcluster."""
+    """$PITCREW_STATE_DIR, else .pitcrew/devcluster in the current directory (the Makefile runs
+    from the checkout and sets it)."""
     env = os.environ.get("PITCREW_STATE_DIR")
-    if env:
-        return Path(env).resolve()
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "pyproject.toml").is_file():
-        return repo / ".pitcrew" / "devcluster"
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "pitcrew" / "devcluster"
+    return Path(env).resolve() if env else Path.cwd() / ".pitcrew" / "devcluster"
 
 
 @dataclass

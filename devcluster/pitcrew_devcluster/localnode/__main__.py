@@ -1,4 +1,4 @@
-"""`python -m pitcrew.devcluster.localnode --config FILE`: run the local node until SIGTERM."""
+"""`python -m pitcrew_devcluster.localnode --config FILE`: run the local node until SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from .agent import PodAgent
 from .config import LocalNodeConfig
 from .node import NodeAgent
 
-log = logging.getLogger("pitcrew.devcluster.localnode")
+log = logging.getLogger("pitcrew_devcluster.localnode")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pitcrew.devcluster.localnode", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pitcrew_devcluster.localnode", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="JSON config (devcluster up writes one)")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)

@@ -11,8 +11,6 @@ from typing import Any
 
 from .podspec import ImageRule
 
-BUILDER_IMAGE_PREFIX = "ghcr.io/pitcrew/builder"
-
 # Host variables pods inherit (everything else a container sees comes from its spec), so host
 # secrets such as AWS credentials do not leak into pods and make tests pass by accident.
 DEFAULT_PASSTHROUGH_ENV = (
@@ -46,19 +44,10 @@ DEFAULT_LOCAL_IMAGES = (
 )
 
 
-def default_image_rules(venv_bin: str) -> list[dict[str, Any]]:
-    """Builder images run the installed `pitcrew-builder`; Python images default to `python3`.
-
-    Others (e.g. the controller tests' fake builder) come from UpOptions.image_rules / --image-rule.
-    """
+def default_image_rules() -> list[dict[str, Any]]:
+    """Python images default to `python3`. Project images (the builder's ENTRYPOINT, the controller
+    tests' fake builder) are the caller's to pass: UpOptions.image_rules / --image-rule."""
     return [
-        # As builder_image/Dockerfile: ENTRYPOINT ["pitcrew-builder"], CMD ["--help"]. The prefix
-        # also covers ghcr.io/pitcrew/builder-rtx.
-        {
-            "prefix": BUILDER_IMAGE_PREFIX,
-            "entrypoint": [os.path.join(venv_bin, "pitcrew-builder")],
-            "cmd": ["--help"],
-        },
         {"prefix": "python:", "cmd": ["python3"]},
         {"prefix": "docker.io/library/python:", "cmd": ["python3"]},
         {"prefix": "docker.io/python:", "cmd": ["python3"]},

@@ -1,11 +1,11 @@
 """A local Kubernetes control plane for tests and demos: etcd, kube-apiserver, controller-manager,
 scheduler, MinIO as S3, a local node that runs pods as processes, and optional kwok fake nodes.
 
-    python -m pitcrew.devcluster up|down|env|status        (or the `pitcrew-devcluster` script)
+    python -m pitcrew_devcluster up|down|env|status        (or the `pitcrew-devcluster` script)
 
 From Python::
 
-    from pitcrew.devcluster import UpOptions, up, down
+    from pitcrew_devcluster import UpOptions, up, down
     info = up(UpOptions(state_dir=tmp))      # ClusterInfo: kubeconfig, server, token, s3, kubectl()
     down(tmp)
 """

@@ -28,13 +28,9 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 COLD_BUILD_HINT = "a cold build takes ~20 min on 2 cores"
 
 
-def build_tools_script() -> Path:
-    """hack/build-tools.sh of this checkout (override: $PITCREW_BUILD_TOOLS)."""
-    override = os.environ.get("PITCREW_BUILD_TOOLS")
-    if override:
-        return Path(override)
-    # operator/pitcrew/devcluster/binaries.py -> repository root is four levels up.
-    return Path(__file__).resolve().parents[3] / "hack" / "build-tools.sh"
+def default_build_tools() -> Path:
+    """$PITCREW_BUILD_TOOLS, else hack/build-tools.sh under the current directory (the checkout)."""
+    return Path(os.environ.get("PITCREW_BUILD_TOOLS") or Path("hack") / "build-tools.sh").resolve()
 
 
 @dataclass(frozen=True)
@@ -57,11 +53,12 @@ def _parse(output: str) -> dict[str, Path]:
     return dirs
 
 
-def _script(components: list[str], *, print_only: bool) -> dict[str, Path]:
-    script = build_tools_script()
+def _script(script: Path, components: list[str], *, print_only: bool) -> dict[str, Path]:
     if not script.is_file():
         raise DevclusterError(
-            f"cannot find {script} to locate the binaries (set PITCREW_BUILD_TOOLS)", component="build-tools"
+            f"cannot find {script} to locate the binaries: run from the checkout or set "
+            "PITCREW_BUILD_TOOLS (UpOptions.build_tools) to hack/build-tools.sh",
+            component="build-tools",
         )
     argv = ["bash", str(script), *(["--print"] if print_only else []), *components]
     # Build progress goes to our stderr so a person watching `up` sees it; stdout is name=dir lines.
@@ -88,15 +85,17 @@ def missing(dirs: dict[str, Path]) -> list[str]:
     return out
 
 
-def locate(components: list[str], *, build: bool = True) -> Binaries:
-    """The binaries' folders; builds missing components (loudly) when `build`, else raises."""
-    dirs = _script(components, print_only=True)
+def locate(components: list[str], *, build: bool = True, script: Path | None = None) -> Binaries:
+    """The binaries' folders per `script` (hack/build-tools.sh; default: default_build_tools());
+    builds missing components (loudly) when `build`, else raises."""
+    script = script or default_build_tools()
+    dirs = _script(script, components, print_only=True)
     absent = missing(dirs)
     if absent:
         if not build:
             raise DevclusterError(
                 f"binaries missing for {', '.join(absent)} under {', '.join(str(dirs[c]) for c in absent)}; "
-                f"build them with `{build_tools_script()} {' '.join(absent)}` ({COLD_BUILD_HINT})",
+                f"build them with `{script} {' '.join(absent)}` ({COLD_BUILD_HINT})",
                 component="build-tools",
             )
         print(
@@ -105,7 +104,7 @@ def locate(components: list[str], *, build: bool = True) -> Binaries:
             file=sys.stderr,
             flush=True,
         )
-        dirs.update(_script(absent, print_only=False))
+        dirs.update(_script(script, absent, print_only=False))
         still = missing({c: dirs[c] for c in absent})
         if still:
             raise DevclusterError(

@@ -3,8 +3,9 @@
 It registers one Node (with `nvidia.com/gpu` capacity and GPU labels from its config), keeps it
 Ready with a Lease and status heartbeats, and runs the pods bound to it as plain local processes:
 
-* the container image picks the program through image rules (`ghcr.io/pitcrew/builder...` runs the
-  venv's `pitcrew-builder`; other images run the pod's command with the venv's bin first on PATH);
+* the container image picks the program through image rules passed in by the caller (the tests map
+  `ghcr.io/pitcrew/builder...` to the venv's `pitcrew-builder`); other images run the pod's command
+  with the venv's bin first on PATH;
 * each pod gets a directory `<work_dir>/<namespace>_<name>_<uid8>/` with `root/` (the container's
   view: every volumeMount path exists there as a symlink to the volume's directory), `volumes/`
   and `containers/<name>/` (log, termination-log, pid);
@@ -17,5 +18,5 @@ Ready with a Lease and status heartbeats, and runs the pods bound to it as plain
 
 No isolation, no resource limits, no images, no networking, no `kubectl exec`; readOnly mounts,
 securityContext and emptyDir sizeLimit are ignored. `kubectl logs` works (see `logserver`).
-Run it with `python -m pitcrew.devcluster.localnode --config FILE` (devcluster `up` does).
+Run it with `python -m pitcrew_devcluster.localnode --config FILE` (devcluster `up` does).
 """

@@ -56,6 +56,8 @@ class UpOptions:
     s3_port: int | None = None
     timeout: float = 60.0
     build: bool = True
+    # hack/build-tools.sh, which builds the binaries and knows their versions and cache folders.
+    build_tools: Path = field(default_factory=binaries.default_build_tools)
     # Extra localnode image rules, tried before the defaults: {"prefix", "entrypoint", "cmd"}.
     image_rules: list[dict[str, Any]] = field(default_factory=list)
     # Extra fnmatch patterns of images the local node treats as present (besides the rules'
@@ -95,7 +97,7 @@ def _localnode_config(
         "log_port": log_port,
         "tls_cert": str(creds.serving_cert),
         "tls_key": str(creds.serving_key),
-        "image_rules": [*opts.image_rules, *default_image_rules(venv_bin)],
+        "image_rules": [*opts.image_rules, *default_image_rules()],
         "local_images": [*DEFAULT_LOCAL_IMAGES, *opts.local_images],
     }
 
@@ -115,7 +117,7 @@ def up(opts: UpOptions) -> ClusterInfo:
         if prev is not None:
             live = prev.live()
             if live:
-                cli = "python -m pitcrew.devcluster"
+                cli = "python -m pitcrew_devcluster"
                 if sd != state.default_state_dir().resolve():
                     cli += f" --state-dir {sd}"
                 raise DevclusterError(
@@ -137,7 +139,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         *(["minio"] if opts.s3 else []),
         *(["kwok"] if opts.kwok_nodes else []),
     ]
-    bins = binaries.locate(components, build=opts.build)
+    bins = binaries.locate(components, build=opts.build, script=opts.build_tools)
 
     if opts.apiserver_port is not None:
         ports.require_free(opts.apiserver_port, "kube-apiserver")
@@ -217,7 +219,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         start("kube-scheduler", controlplane.scheduler(bins, p, creds, kcfg))
         node_cfg = sd / "localnode.json"
         node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
-        start("localnode", [sys.executable, "-m", "pitcrew.devcluster.localnode", "--config", str(node_cfg)])
+        start("localnode", [sys.executable, "-m", "pitcrew_devcluster.localnode", "--config", str(node_cfg)])
         if opts.kwok_nodes:
             start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok", bins)))
         client = info.client()
@@ -325,6 +327,7 @@ def start_kwok(
     compute_capability: str = "8.0",
     timeout: float = 60.0,
     build: bool = True,
+    build_tools: Path | None = None,
 ) -> list[str]:
     """Adds `count` kwok fake GPU nodes to a running devcluster (starting kwok if needed)."""
     sd = (state_dir or state.default_state_dir()).resolve()
@@ -336,7 +339,7 @@ def start_kwok(
         running: Running = []
         kw = st.proc("kwok")
         if kw is None or not procs.is_alive(kw):
-            bins = binaries.locate(["kwok"], build=build)
+            bins = binaries.locate(["kwok"], build=build, script=build_tools)
             argv = kwok.argv(
                 bins, info.kubeconfig, ports.pick_free_ports(1)[0], kwok.write_config(sd / "kwok", bins)
             )

@@ -1,4 +1,4 @@
-"""`python -m pitcrew.devcluster up|down|env|status` (also installed as `pitcrew-devcluster`)."""
+"""`python -m pitcrew_devcluster up|down|env|status` (also installed as `pitcrew-devcluster`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import cluster
+from . import binaries, cluster
 from .errors import DevclusterError
 from .state import default_state_dir
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pitcrew.devcluster",
+        prog="python -m pitcrew_devcluster",
         description="Local Kubernetes control plane + S3 + local GPU node for tests.",
     )
     state_help = (
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--s3-port", type=int, default=None, help="fixed port (default: a free one)")
     u.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for each phase")
     u.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    u.add_argument(
+        "--build-tools",
+        type=Path,
+        default=None,
+        help="hack/build-tools.sh of the checkout (default: $PITCREW_BUILD_TOOLS or ./hack/build-tools.sh)",
+    )
     u.add_argument(
         "--image-rule",
         action="append",
@@ -107,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                     s3_port=args.s3_port,
                     timeout=args.timeout,
                     build=not args.no_build,
+                    build_tools=(args.build_tools or binaries.default_build_tools()).resolve(),
                     image_rules=rules,
                     local_images=args.local_image,
                 )
             )
             print(
-                f'# devcluster is up; to use it:\n#   eval "$(python -m pitcrew.devcluster --state-dir '
+                f'# devcluster is up; to use it:\n#   eval "$(python -m pitcrew_devcluster --state-dir '
                 f'{shlex.quote(str(state_dir))} env)"\n#   kubectl get nodes'
             )
             _print_env(info.env())
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             if loaded is None:
                 raise DevclusterError(
                     f"no devcluster is running in {state_dir}; start one with "
-                    f"`python -m pitcrew.devcluster up`"
+                    f"`python -m pitcrew_devcluster up`"
                 )
             if args.json:
                 print(json.dumps(loaded.env(), indent=2))

@@ -117,12 +117,14 @@ def ensure_bucket(info: S3Info, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def standalone(directory: Path, bucket: str, timeout: float = 30) -> Iterator[tuple[S3Info, int]]:
+def standalone(
+    directory: Path, bucket: str, timeout: float = 30, build_tools: Path | None = None
+) -> Iterator[tuple[S3Info, int]]:
     """A MinIO of its own in `directory` (data and minio.log), without the rest of the devcluster.
 
     For tests and benchmarks that need only S3. Yields the connection info and the server's pid.
     """
-    bins = locate(["minio"], build=False)
+    bins = locate(["minio"], build=False, script=build_tools)
     port, console = pick_free_ports(2)
     info = credentials(bucket, port)
     (directory / "data").mkdir(parents=True, exist_ok=True)
