@@ -81,6 +81,8 @@ def key_inputs(
     quant = spec.quantization.model_dump(mode="json")
     if quant["weights"] != "int4":
         quant.pop("group_size")
+    if not spec.quantization.calibrated():
+        quant.pop("calibration")  # read only when scales are measured
     model = spec.model.model_dump(mode="json", exclude_none=True) if spec.model else {}
     return {
         "schema": KEY_SCHEMA,

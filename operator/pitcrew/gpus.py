@@ -74,3 +74,19 @@ def compute_capability(product: str) -> str | None:
 
 def backend_supports(backend: Backend, sm: str) -> bool:
     return sm in SUPPORTED_SM[backend]
+
+
+# FP8 (E4M3 tensor cores) starts with Ada (8.9). TensorRT-LLM's support matrix
+# (docs/source/reference/support-matrix.md, 1.x "Precision") lists FP8 for Ada, Hopper and
+# Blackwell and not for Ampere (SM80/SM86) or older; that covers FP8 GEMMs and the FP8 KV cache
+# (the attention kernels of the TRT engine path read E4M3 only on SM >= 89).
+FP8_MIN_SM = (8, 9)
+
+
+def sm_tuple(sm: str) -> tuple[int, int]:
+    major, _, minor = sm.partition(".")
+    return int(major), int(minor or 0)
+
+
+def supports_fp8(sm: str) -> bool:
+    return sm_tuple(sm) >= FP8_MIN_SM

@@ -103,6 +103,19 @@ def validate(
                 ),
             )
         )
+    if sm is not None and not gpus.supports_fp8(sm):
+        for field_path, value in (
+            ("spec.quantization.weights", spec.quantization.weights),
+            ("spec.quantization.kvCache", spec.quantization.kv_cache),
+        ):
+            if value == "fp8":
+                problems.append(
+                    Problem(
+                        field_path,
+                        f"fp8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); the target "
+                        f"is {sm}: use int8 (or none), or target a newer GPU",
+                    )
+                )
     gpu_count = default_gpu_count(spec)
     if spec.backend == Backend.TENSORRT_LLM and spec.target.gpu_count == 0:
         problems.append(

@@ -32,6 +32,11 @@ def crd(cluster: ClusterInfo) -> None:
             "TensorRT-RTX cannot build for Hopper",
         ),
         ({"source.uri": "s3://a/x,s3://b/y"}, "source.uri names exactly one location"),
+        (
+            {"target.computeCapability": "8.0", "quantization.weights": "fp8"},
+            "quantization fp8 (weights or kvCache) needs compute capability 8.9",
+        ),
+        ({"quantization.calibration.dataset": "https://x/y.txt"}, "spec.quantization.calibration.dataset"),
     ],
 )
 def test_refused_at_apply(cluster: ClusterInfo, crd: None, spec: dict[str, object], message: str) -> None:

@@ -79,3 +79,17 @@ def test_normalize_uri() -> None:
     assert cachekey.normalize_uri("S3://Bucket/a//b/") == "s3://bucket/a/b"
     assert cachekey.normalize_uri("pvc://claim/dir/") == "pvc://claim/dir"
     assert cachekey.normalize_uri("file:///data/Model/") == "file:///data/Model"
+
+
+def test_calibration_enters_the_key_only_when_scales_are_measured() -> None:
+    from pitcrew.cachekey import key_inputs
+
+    def key(**kw: object) -> str:
+        return cachekey.cache_key(
+            key_inputs(spec(**kw), source_identity="etag:1", builder_image="img:1", compute_capability="9.0")
+        )
+
+    calib = {"quantization.calibration": {"samples": 8}}
+    assert key(**calib) == key()  # no fp8/int8 KV: calibration is not read
+    assert key(**{"quantization.weights": "fp8", **calib}) != key(**{"quantization.weights": "fp8"})
+    assert key(**{"quantization.kvCache": "int8", **calib}) != key(**{"quantization.kvCache": "int8"})

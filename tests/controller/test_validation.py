@@ -59,3 +59,37 @@ def test_secrets_must_exist_with_keys() -> None:
     assert "Secret 's3' not found" in problems(s, {"s3": None})
     assert "no key 'AWS_SECRET_ACCESS_KEY'" in problems(s, {"s3": frozenset({"AWS_ACCESS_KEY_ID"})})
     validate(s, S, secret_keys={"s3": frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})})
+
+
+@pytest.mark.parametrize(
+    ("target", "field"),
+    [
+        (
+            {"target.gpuProduct": "NVIDIA-A100-SXM4-80GB", "quantization.weights": "fp8"},
+            "quantization.weights",
+        ),
+        ({"target.gpuProduct": "NVIDIA-A10G", "quantization.kvCache": "fp8"}, "quantization.kvCache"),
+        (
+            {"target.gpuProduct": "ACME-1", "target.computeCapability": "8.7", "quantization.weights": "fp8"},
+            "quantization.weights",
+        ),
+    ],
+)
+def test_fp8_below_sm89_is_refused_naming_the_field(target: dict[str, str], field: str) -> None:
+    msg = problems(spec(**target))
+    assert f"spec.{field}: fp8 needs compute capability 8.9" in msg and "use int8" in msg
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"target.gpuProduct": "NVIDIA-L40S", "quantization.weights": "fp8", "quantization.kvCache": "fp8"},
+        {"target.gpuProduct": "NVIDIA-H100-80GB-HBM3", "quantization.weights": "fp8"},
+        {
+            "target.gpuProduct": "NVIDIA-A100-SXM4-80GB",
+            "quantization.kvCache": "int8",
+        },  # INT8 KV works on Ampere
+    ],
+)
+def test_fp8_on_sm89_and_newer_and_int8_kv_on_ampere_are_accepted(target: dict[str, str]) -> None:
+    validate(spec(**target), S, secret_keys={})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pitcrew.api.plan import BuildPlan
+from pitcrew.gpus import supports_fp8
 from pitcrew.api.sizing import sizes_for
 from pitcrew.api.v1alpha1 import BuildOptions
 from pitcrew_builder.backends.base import CompileContext, CompileResult
@@ -214,11 +215,17 @@ class TrtllmBackend:
         if mismatches:
             # Controller and builder resolve sizes with the same function; a difference is version skew.
             raise InvalidSpec("; ".join(mismatches))
-        if plan.quantization.weights == "fp8" and plan.target.compute_capability in ("7.5", "8.0", "8.6"):
-            raise InvalidSpec(
-                f"quantization.weights fp8 needs compute capability 8.9 or newer; "
-                f"target.computeCapability is {plan.target.compute_capability}"
-            )
+        sm = plan.target.compute_capability
+        if sm and not supports_fp8(sm):
+            for name, value in (
+                ("weights", plan.quantization.weights),
+                ("kvCache", plan.quantization.kv_cache),
+            ):
+                if value == "fp8":
+                    raise InvalidSpec(
+                        f"quantization.{name} fp8 needs compute capability 8.9 or newer; "
+                        f"target.computeCapability is {sm}: use int8 or a newer GPU"
+                    )
 
     def jobs(self, ctx: CompileContext) -> list[RankJob]:
         plan, cfg = ctx.plan, ctx.checkpoint_config

@@ -223,6 +223,26 @@ class BuildOptions(ApiModel):
     )
 
 
+BUILTIN_CALIBRATION = "builtin:tiny-text"
+
+
+class Calibration(ApiModel):
+    """Text the builder runs through the model to measure activation and KV-cache ranges (max
+    calibration), for FP8 weights/activations and FP8/INT8 KV cache."""
+
+    dataset: str = Field(
+        BUILTIN_CALIBRATION,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(builtin:tiny-text|(s3|file|pvc)://.+)$",
+        description="builtin:tiny-text (a small English text set shipped in the builder) or the URI "
+        "(s3://, file://, pvc://) of a .txt file (one sample per line) or a .jsonl file whose lines "
+        "hold 'text' (tokenized with the source's tokenizer) or 'input_ids' (used as they are).",
+    )
+    samples: int = Field(64, ge=1, le=4096, description="Number of calibration samples used.")
+    seq_len: int = Field(256, ge=8, le=32768, description="Tokens per sample (longer ones are cut).")
+
+
 class Quantization(ApiModel):
     weights: Literal["none", "fp8", "int8", "int4"] = Field(
         "none",
@@ -231,6 +251,14 @@ class Quantization(ApiModel):
     )
     kv_cache: Literal["none", "fp8", "int8"] = Field("none", description="KV cache quantization.")
     group_size: int = Field(128, ge=1, description="Group size for int4 weight-only quantization.")
+    calibration: Calibration = Field(
+        default_factory=Calibration,
+        description="Calibration set for weights fp8 and kvCache fp8/int8 (ignored otherwise).",
+    )
+
+    def calibrated(self) -> bool:
+        """Whether the build measures activation or KV-cache scales (and so reads the calibration)."""
+        return self.weights == "fp8" or self.kv_cache != "none"
 
 
 class Toleration(ApiModel):
@@ -339,6 +367,14 @@ class EngineBuildSpec(ApiModel):
                     "(self.parallelism.tensor == 1 && self.parallelism.pipeline == 1)",
                     "tensorrt-rtx builds single-GPU engines: set parallelism.tensor and pipeline to 1",
                     ".backend",
+                ),
+                cel(
+                    "!has(self.target.computeCapability) || "
+                    "!(self.target.computeCapability in ['7.0', '7.5', '8.0', '8.6', '8.7']) || "
+                    "(self.quantization.weights != 'fp8' && self.quantization.kvCache != 'fp8')",
+                    "quantization fp8 (weights or kvCache) needs compute capability 8.9 or newer: "
+                    "use int8 or target a newer GPU",
+                    ".quantization",
                 ),
                 cel(
                     "self.quantization.weights != 'fp8' || self.backend != 'tensorrt-rtx'",
