@@ -60,6 +60,16 @@ class JobWatch:
                         self.seen[name] = time.monotonic()
 
 
+# The kwok builds' pod settings, granted to every namespace (pitcrew.tenancy's default grants none).
+BENCH_POLICY = {
+    "*": {
+        "builderImages": ["pitcrew.test/fake-builder:*"],
+        "tolerationKeys": [str(TOLERATION["key"])],
+        "nodeSelectorKeys": ["type"],
+    }
+}
+
+
 def kwok_build(cluster: Any, name: str, ns: str) -> dict[str, Any]:
     return engine_build(
         cluster, name, ns, **{
@@ -132,6 +142,7 @@ def main() -> int:
             cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
             PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
             PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
+            PITCREW_TENANT_POLICY=json.dumps(BENCH_POLICY),
             **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
         ).start()  # fmt: skip
         print(f"cluster + operator up in {time.monotonic() - t:.1f} s", file=sys.stderr)

@@ -198,11 +198,16 @@ async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
 # -- our Jobs and Pods ------------------------------------------------------------------------------
 
 
-def _owner(body: kopf.Body) -> tuple[str, str, str] | None:
-    uid = (body["metadata"].get("labels") or {}).get(jobs.LABEL_UID)
-    name = (body["metadata"].get("annotations") or {}).get(jobs.ANN_NAME)
-    if not uid or not name:
+def _owner(body: kopf.Body, *, pod: bool = False) -> tuple[str, str, str] | None:
+    """(uid, namespace, name) of the EngineBuild, for Jobs (and their Pods) the controller made.
+
+    Labels only select what comes over the wire: a Job anyone labelled like ours neither takes a
+    build slot nor drives a build's status (jobs.owner_of checks owner reference and name).
+    """
+    owner = jobs.pod_owner_of(body) if pod else jobs.owner_of(body)
+    if owner is None:
         return None
+    uid, name = owner
     return uid, body["metadata"]["namespace"], name
 
 
@@ -246,7 +251,7 @@ def _slot_freed() -> None:
 
 @kopf.on.event("", "v1", "pods", labels=OURS)
 async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
-    owner = _owner(body)
+    owner = _owner(body, pod=True)
     if owner is None:
         return
     uid, ns, name = owner

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_JSON_ENV, BuildPlan
-from pitcrew.api.v1alpha1 import API_VERSION, KIND, EngineBuildSpec, SecretReference
+from pitcrew.api.v1alpha1 import API_VERSION, GROUP, KIND, EngineBuildSpec, SecretReference
 from pitcrew.settings import Settings
 from pitcrew.validation import Resolved
 
@@ -33,25 +34,76 @@ PVC_ROOT = "/mnt/pvc"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONTAINER = "builder"
-KEY_IN_NAME = 10
+KEY_IN_NAME = 8
+UID_IN_NAME = 6
 MAX_NAME = 63
 
 
-def job_name(eb_name: str, key: str, generation: int) -> str:
-    """`<name>-<key[:10]>-<generation>`, a DNS label of at most 63 characters.
+def job_name(eb_name: str, eb_uid: str, key: str, generation: int) -> str:
+    """`<name>-<uid[:6]>-<key[:8]>-<generation>`, a DNS label of at most 63 characters.
 
-    Deterministic, so a restarted operator re-creating it gets 409 and adopts the existing Job; the
-    generation lets a failed build be retried by a spec change that keeps the cache key (e.g. a
-    longer timeoutSeconds) without waiting for the old Job to be gone.
+    Deterministic, so a restarted operator re-creating it gets 409 and adopts the existing Job (after
+    checking it is ours); the uid fragment keeps `a.b` and `a-b` (or a deleted and re-created
+    object) apart; the generation lets a failed build be retried by a spec change that keeps the
+    cache key (e.g. a longer timeoutSeconds) without waiting for the old Job to be gone.
     """
     base = re.sub(r"[^a-z0-9-]", "-", eb_name.lower()).strip("-") or "eb"
-    suffix = f"-{key[:KEY_IN_NAME]}-{generation}"
+    uid_part = re.sub(r"[^a-z0-9]", "", eb_uid.lower())[:UID_IN_NAME] or "0"
+    suffix = f"-{uid_part}-{key[:KEY_IN_NAME]}-{generation}"
     room = MAX_NAME - len(suffix)
     if len(base) > room:
         # Truncated names keep a hash of the full name so two long names do not collide.
         digest = hashlib.sha256(eb_name.encode()).hexdigest()[:6]
         base = base[: room - 7].rstrip("-") + "-" + digest
     return base + suffix
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta: Mapping[str, Any] = obj.get("metadata") or {}
+    return meta
+
+
+def _controller(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    refs = [r for r in meta.get("ownerReferences") or () if r.get("controller")]
+    return refs[0] if len(refs) == 1 else None
+
+
+def owner_of(job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(EngineBuild uid, name) when this Job is one the controller made; None for anything else.
+
+    Labels are not proof (anyone who may create Jobs can copy them): a Job counts only if its
+    controller ownerReference is an EngineBuild, the labels and annotations name that same object,
+    and its name is the one the controller gives a Job for that object, key and generation. Owner
+    references are namespace-local, so the EngineBuild is in the Job's namespace.
+    """
+    meta = _meta(job)
+    ref = _controller(meta)
+    labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
+    if ref is None or ref.get("kind") != KIND or str(ref.get("apiVersion", "")).split("/")[0] != GROUP:
+        return None
+    uid, name = str(ref.get("uid") or ""), str(ref.get("name") or "")
+    if not uid or labels.get(LABEL_UID) != uid or ann.get(ANN_NAME) != name:
+        return None
+    key, gen = str(ann.get(ANN_KEY) or ""), str(ann.get(ANN_GENERATION) or "")
+    if not key or not gen.isdigit() or meta.get("name") != job_name(name, uid, key, int(gen)):
+        return None
+    return uid, name
+
+
+def pod_owner_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(EngineBuild uid, name) for a Pod of one of our Jobs (its controller is that Job, by name)."""
+    meta = _meta(pod)
+    ref = _controller(meta)
+    labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
+    if ref is None or ref.get("kind") != "Job":
+        return None
+    uid, name = str(labels.get(LABEL_UID) or ""), str(ann.get(ANN_NAME) or "")
+    key, gen = str(ann.get(ANN_KEY) or ""), str(ann.get(ANN_GENERATION) or "")
+    if not uid or not name or not key or not gen.isdigit():
+        return None
+    if ref.get("name") != job_name(name, uid, key, int(gen)):
+        return None
+    return uid, name
 
 
 def owner_reference(eb_name: str, eb_uid: str) -> dict[str, Any]:
@@ -129,7 +181,7 @@ def render_job(
     plan: BuildPlan,
     settings: Settings,
 ) -> dict[str, Any]:
-    name = job_name(eb_name, plan.cache_key, plan.generation)
+    name = job_name(eb_name, eb_uid, plan.cache_key, plan.generation)
     meta = _metadata(name, namespace, eb_name, eb_uid, plan)
     volumes: list[dict[str, Any]] = [
         {

@@ -17,7 +17,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, statuses
+from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, statuses, tenancy
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.v1alpha1 import (
     GROUP,
@@ -26,12 +26,11 @@ from pitcrew.api.v1alpha1 import (
     EngineBuildSpec,
     EngineRecord,
     Phase,
-    SecretReference,
 )
 from pitcrew.kube import Conflict, ns_path
 from pitcrew.runtime import RT, Obj, trim_job
 from pitcrew.storage import Credentials, StorageError, sha256
-from pitcrew.validation import InvalidSpec, secret_refs, validate
+from pitcrew.validation import InvalidSpec, Problem, Resolved, secret_refs, validate
 
 log = logging.getLogger("pitcrew.reconcile")
 
@@ -41,6 +40,7 @@ REASON_STORAGE = "StorageUnavailable"
 REASON_CACHE_HIT = "CacheHit"
 REASON_VERIFY = "VerificationFailed"
 REASON_INTERNAL = "InternalError"
+REASON_FOREIGN_JOB = "JobNameTaken"
 
 
 def eb_path(namespace: str, name: str | None = None) -> str:
@@ -68,16 +68,48 @@ async def read_secrets(namespace: str, spec: EngineBuildSpec) -> dict[str, Obj |
     return out
 
 
-def credentials(secrets: Mapping[str, Obj | None], ref: SecretReference | None) -> Credentials:
-    secret = secrets.get(ref.name) if ref else None
-    if not ref or not secret:
-        return Credentials()  # the operator's own (environment / instance role)
-    data = secret.get("data") or {}
+def credentials(
+    secrets: Mapping[str, Obj | None], spec: EngineBuildSpec, namespace: str, role: str
+) -> Credentials:
+    """The identity for the build's `role` ("source" or "output") S3 location.
 
-    def dec(key: str) -> str | None:
-        return base64.b64decode(data[key]).decode() if key in data else None
+    The Secret the spec names (from its own namespace), or the operator's own identity only where
+    the admin granted the prefix to the namespace (pitcrew.tenancy). Never a fallback from one to
+    the other: a missing Secret or an ungranted location is an error.
+    """
+    ref = spec.source.credentials_secret_ref if role == "source" else spec.output.credentials_secret_ref
+    if ref is not None:
+        secret = secrets.get(ref.name)
+        if not secret:
+            raise StorageError(
+                f"spec.{role}.credentialsSecretRef: Secret {ref.name!r} not found in this namespace: "
+                "create it or fix the name",
+                transient=False,
+            )
+        data = secret.get("data") or {}
 
-    return Credentials(dec(ref.access_key_id_key), dec(ref.secret_access_key_key))
+        def dec(key: str) -> str | None:
+            return base64.b64decode(data[key]).decode() if key in data else None
+
+        return Credentials(
+            dec(ref.access_key_id_key), dec(ref.secret_access_key_key), origin=f"{namespace}/{ref.name}"
+        )
+    access, problems = tenancy.s3_access(spec, namespace, RT.settings.tenant_policy, RT.settings.s3_endpoint)
+    if role in access and access[role].operator_identity:
+        return Credentials()  # the operator's own, for a prefix the admin granted to this namespace
+    mine = [p for p in problems if p.field.startswith(f"spec.{role}.")]
+    raise StorageError(str(mine[0]) if mine else f"spec.{role}: not permitted", transient=False)
+
+
+def policy_problems(spec: EngineBuildSpec, namespace: str, resolved: Resolved) -> list[Problem]:
+    """What the admin's tenancy policy refuses in this spec (pitcrew.tenancy)."""
+    settings = RT.settings
+    _, problems = tenancy.s3_access(spec, namespace, settings.tenant_policy, settings.s3_endpoint)
+    problems += tenancy.pod_problems(
+        spec, namespace, settings.tenant_policy, settings.builder_image(spec.backend)
+    )
+    problems += tenancy.gpu_problems(resolved.gpu_count, namespace, settings.tenant_policy)
+    return problems
 
 
 class SourceMissing(Exception):
@@ -197,22 +229,36 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     except InvalidSpec as e:
         _fail(body, patch, REASON_INVALID_SPEC, str(e))
         return  # nothing to retry: the next spec change runs the update handler
+    refused = policy_problems(spec, ns, resolved)
+    if refused:
+        # Before any S3 call or Job: the operator does not act for a tenant outside its grants.
+        _fail(body, patch, tenancy.REASON, "; ".join(str(p) for p in refused))
+        return
 
     retry = RT.settings.retry_seconds
     try:
-        identity = await source_identity(spec, credentials(secrets, spec.source.credentials_secret_ref))
+        identity = await source_identity(spec, credentials(secrets, spec, ns, "source"))
     except SourceMissing as e:
         _fail(body, patch, REASON_SOURCE, str(e))
         raise kopf.TemporaryError(str(e), delay=retry) from e
     except StorageError as e:
-        _fail(body, patch, REASON_SOURCE, f"spec.source.uri: cannot list the checkpoint: {e}")
+        message = f"spec.source.uri: cannot list the checkpoint: {e}"
+        if e.transient:
+            # S3 unreachable or overloaded: waiting, not failed (retried).
+            patch.status.update(
+                statuses.compose(
+                    status, phase=Phase.PENDING, reason=REASON_STORAGE, message=message, generation=gen,
+                    now=statuses.now_rfc3339(), upgrade=marker,
+                )
+            )  # fmt: skip
+        else:
+            _fail(body, patch, REASON_SOURCE, message)
         raise kopf.TemporaryError(str(e), delay=retry) from e
 
     planned = plans.make_plan(
         spec, resolved, RT.settings, namespace=ns, name=name, generation=gen, source_identity=identity
     )
     key = planned.key
-    out_creds = credentials(secrets, spec.output.credentials_secret_ref)
     out_endpoint = spec.output.endpoint or RT.settings.s3_endpoint
 
     if cause == "create":
@@ -220,7 +266,11 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         # skip the LIST, it is the hot path of a burst.
         existing = list(RT.jobs.get(uid, {}).values())
     else:
-        existing = await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
+        existing = [
+            j
+            for j in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
+            if jobs.owner_of(j) == (uid, name)
+        ]
     same_key = [
         j for j in existing if _ann(j, jobs.ANN_KEY) == key and not j["metadata"].get("deletionTimestamp")
     ]
@@ -239,7 +289,8 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         return
 
     try:
-        found = await read_manifest(spec.output.uri, out_endpoint, out_creds, key)
+        out_creds = credentials(secrets, spec, ns, "output") if spec.output.uri.startswith("s3://") else None
+        found = await read_manifest(spec.output.uri, out_endpoint, out_creds or Credentials(), key)
     except StorageError as e:
         message = f"spec.output.uri: cannot look for a published engine: {e}"
         patch.status.update(
@@ -276,7 +327,11 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     job_name = job["metadata"]["name"]
     created = str(meta.get("creationTimestamp") or "")
     entry = pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
-    slot = await start_job(body, entry, job, key)
+    try:
+        slot = await start_job(body, entry, job, key)
+    except ForeignJob as e:
+        _fail(body, patch, REASON_FOREIGN_JOB, str(e))
+        raise kopf.TemporaryError(str(e), delay=retry) from e
     if slot is not None:
         # Over PITCREW_MAX_ACTIVE_BUILDS: queued; the poller (or a finishing Job) starts it later.
         active, ahead = slot
@@ -332,9 +387,10 @@ async def prime_jobs() -> None:
         patterns = RT.settings.namespaces
         for item in await RT.kube.list("/apis/batch/v1/jobs", jobs.SELECTOR):
             meta = item.get("metadata") or {}
-            owner = (meta.get("labels") or {}).get(jobs.LABEL_UID)
-            if not owner or meta.get("uid") in RT.job_tombstones:
+            ours = jobs.owner_of(item)
+            if ours is None or meta.get("uid") in RT.job_tombstones:
                 continue
+            owner = ours[0]
             if patterns and not any(fnmatch.fnmatchcase(meta.get("namespace", ""), p) for p in patterns):
                 continue
             if meta.get("name") not in RT.jobs.get(owner, {}):
@@ -368,8 +424,21 @@ async def start_job(
             message = f"created builder Job {job_name} (cache key {key[:12]})"
             _post(body, "Normal", jobstatus.JOB_CREATED, message)
         except Conflict:
+            existing = await RT.kube.get(jobs_path(ns, job_name))
+            if existing is not None and jobs.owner_of(existing) != (entry.uid, entry.name):
+                # Someone else's Job under our name: never adopted (it would drive our status).
+                raise ForeignJob(
+                    f"a Job named {job_name} exists in namespace {ns} that this EngineBuild does not own: "
+                    "delete it (or rename it) and the build starts"
+                ) from None
             log.info("Job exists, adopting", extra={"eb": f"{ns}/{entry.name}", "job": job_name})
+            if existing is not None:
+                RT.remember(RT.jobs, entry.uid, job_name, trim_job(existing))
     return None
+
+
+class ForeignJob(Exception):
+    pass
 
 
 async def run(uid: str, ns: str, name: str, cause: str) -> None:
@@ -464,7 +533,7 @@ async def read_progress(
     try:
         data = await RT.store().get(
             spec.output.endpoint or RT.settings.s3_endpoint,
-            credentials(secrets, spec.output.credentials_secret_ref),
+            credentials(secrets, spec, job["metadata"]["namespace"], "output"),
             uri,
         )
         if data is None:
@@ -531,7 +600,7 @@ async def sync(uid: str, ns: str, name: str) -> None:
         if phase == Phase.SUCCEEDED or phase == Phase.BUILDING:
             secrets = await read_secrets(ns, spec)
         if phase == Phase.SUCCEEDED:
-            phase, reason, message, extra = await verify(spec, secrets, key, verdict)
+            phase, reason, message, extra = await verify(spec, secrets, key, verdict, ns)
             fields.update(extra)
         elif phase == Phase.BUILDING:
             progress = await read_progress(job, spec, secrets)
@@ -593,7 +662,11 @@ def quiet_queued_wait(
 
 
 async def verify(
-    spec: EngineBuildSpec, secrets: Mapping[str, Obj | None], key: str, verdict: jobstatus.Verdict
+    spec: EngineBuildSpec,
+    secrets: Mapping[str, Obj | None],
+    key: str,
+    verdict: jobstatus.Verdict,
+    namespace: str,
 ) -> tuple[Phase, str, str, dict[str, Any]]:
     """Succeeded only when manifest.json is in S3 and matches the builder's report (sha256)."""
     result = verdict.result
@@ -622,7 +695,7 @@ async def verify(
         found = await read_manifest(
             spec.output.uri,
             spec.output.endpoint or RT.settings.s3_endpoint,
-            credentials(secrets, spec.output.credentials_secret_ref),
+            credentials(secrets, spec, namespace, "output"),
             key,
         )
     except StorageError as e:
@@ -692,6 +765,8 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
     key = status.get("cacheKey")
     spec = EngineBuildSpec.model_validate(body["spec"])
     for job in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}"):
+        if jobs.owner_of(job) != (uid, meta["name"]):
+            continue  # not ours, whatever its labels say
         await RT.kube.delete(jobs_path(ns, job["metadata"]["name"]), propagation="Background")
     if not key or not spec.output.uri.startswith("s3://"):
         return
@@ -710,9 +785,14 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
     try:
         count = await RT.store().delete_prefix(
             spec.output.endpoint or RT.settings.s3_endpoint,
-            credentials(secrets, spec.output.credentials_secret_ref),
+            credentials(secrets, spec, ns, "output"),
             plans.engine_uri(spec.output.uri, key),
         )
     except StorageError as e:
+        if not e.transient:
+            # Not permitted (no Secret, prefix not granted) or refused: keep the engine and let the
+            # object go; deleting with the operator's own identity is exactly what must not happen.
+            _post(body, "Warning", "ArtifactsKept", f"engine {key[:12]} not deleted: {e}")
+            return
         raise kopf.TemporaryError(f"cannot delete the engine: {e}", delay=RT.settings.retry_seconds) from e
     log.info("deleted artifacts", extra={"eb": f"{ns}/{meta['name']}", "objects": count})

@@ -1,7 +1,12 @@
 """S3 access for the controller: source listings, manifest reads, progress, artifact deletion.
 
 boto3 is synchronous, so every call runs in a worker thread (`asyncio.to_thread`). Clients are
-cached per (endpoint, access key) so 2,000 objects do not mean 2,000 clients.
+cached by a sha256 of the endpoint and *all* the credential material (not just the access key id,
+which a tenant may know of another tenant), so 2,000 objects do not mean 2,000 clients; when the
+Secret a client came from changes, its old client is dropped.
+
+Refusals and absences (AccessDenied, NoSuchBucket, 403/404) all read "not found or not permitted":
+a status message must not tell a tenant whether someone else's bucket exists.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +27,15 @@ from pitcrew.cachekey import ListedObject
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 NO_BUCKET = frozenset({"NoSuchBucket"})
 TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
+# Answers that would tell a bucket that exists from one that does not: reported uniformly.
+DENIED_OR_ABSENT = frozenset(
+    {
+        "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+        "InvalidBucketName", "NotFound", "NoSuchKey", "403", "404", "Forbidden", "AccountProblem",
+    }
+)  # fmt: skip
+UNIFORM = "not found, or the credentials may not access it"
+MAX_CLIENTS = 512
 
 
 class StorageError(Exception):
@@ -46,8 +61,20 @@ class S3Location:
 
 @dataclass(frozen=True)
 class Credentials:
+    """S3 credentials; both None: the operator's own identity (environment / instance role)."""
+
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    origin: str | None = None  # "namespace/secret-name" they were read from (cache invalidation)
+
+    def __repr__(self) -> str:  # never log the secret
+        return f"Credentials(access_key_id={self.access_key_id!r}, origin={self.origin!r})"
+
+
+def fingerprint(endpoint: str | None, creds: Credentials) -> str:
+    """The client cache key: a hash of everything that decides what the client may do."""
+    material = "\0".join((endpoint or "", creds.access_key_id or "", creds.secret_access_key or ""))
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _error(e: Exception, what: str) -> StorageError:
@@ -55,6 +82,8 @@ def _error(e: Exception, what: str) -> StorageError:
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         transient = status >= 500 or code in TRANSIENT_CODES
+        if not transient and (code in DENIED_OR_ABSENT or status in (403, 404)):
+            return StorageError(f"{what}: {UNIFORM}", transient=False)
         return StorageError(f"{what}: {code or status} {e}", transient=transient)
     return StorageError(f"{what}: {e}", transient=True)
 
@@ -74,14 +103,36 @@ class Storage:
     def __init__(self, default_endpoint: str | None, region: str) -> None:
         self.default_endpoint = default_endpoint
         self.region = region
-        self._clients: dict[tuple[str | None, str | None], Any] = {}
+        self._clients: OrderedDict[str, Any] = OrderedDict()  # fingerprint -> client, LRU
+        # Secret -> (fingerprint of its content, fingerprints of the clients made from it)
+        self._origins: dict[str, tuple[str, set[str]]] = {}
         self._lock = threading.Lock()
 
     def client(self, endpoint: str | None, creds: Credentials) -> Any:
         endpoint = endpoint or self.default_endpoint
-        key = (endpoint, creds.access_key_id)
+        key = fingerprint(endpoint, creds)
         with self._lock:
-            if key not in self._clients:
+            if creds.origin is not None:
+                if not (creds.access_key_id and creds.secret_access_key):
+                    # Never fall back to the operator's own identity for a tenant's Secret.
+                    raise StorageError(
+                        f"Secret {creds.origin}: the access key id or the secret access key is empty",
+                        transient=False,
+                    )
+                material = fingerprint(None, creds)
+                known, made = self._origins.get(creds.origin, (material, set()))
+                if known != material:
+                    # The Secret changed: clients made from its old content go.
+                    for old in made:
+                        self._clients.pop(old, None)
+                    made = set()
+                made.add(key)
+                self._origins[creds.origin] = (material, made)
+            if key in self._clients:
+                self._clients.move_to_end(key)
+            else:
+                while len(self._clients) >= MAX_CLIENTS:
+                    self._clients.popitem(last=False)
                 kwargs: dict[str, Any] = {}
                 if creds.access_key_id and creds.secret_access_key:
                     kwargs = {

@@ -6,6 +6,7 @@ the ClusterRole rendered from helm/pitcrew: a verb the code needs but the chart 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +31,11 @@ FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parent / "fake_builder.py"
 
 BUILDER_IMAGE = "ghcr.io/pitcrew/builder"  # also the prefix of ghcr.io/pitcrew/builder-rtx
 BUILD_TOOLS = ROOT / "hack" / "build-tools.sh"
+
+# What the tests' tenants may set (pitcrew.tenancy): the fake builder's modes and an image that cannot
+# be pulled (a failure test). Everything else stays at the strict default; a test that checks the
+# policy itself passes its own PITCREW_TENANT_POLICY.
+TEST_POLICY = {"*": {"builderImages": [f"{FAKE}:*", "registry.invalid/*"]}}
 
 
 def fake_builder_rule() -> dict[str, Any]:
@@ -122,6 +128,7 @@ class Operator:
             "PITCREW_METRICS_PORT": str(self.metrics_port),
             "PITCREW_HEALTH_PORT": "0",
             "PITCREW_LOG_FORMAT": "plain",
+            "PITCREW_TENANT_POLICY": json.dumps(TEST_POLICY),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,5 +1,7 @@
 from typing import Any
 
+import pytest
+
 from pitcrew import jobs, plans
 from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_JSON_ENV, BuildPlan
 from pitcrew.settings import Settings
@@ -30,13 +32,75 @@ def render(**overrides: Any) -> tuple[dict[str, Any], BuildPlan]:
 
 
 def test_job_name_is_deterministic_and_a_dns_label() -> None:
-    key = "f" * 64
-    assert jobs.job_name("llama", key, 1) == "llama-ffffffffff-1"
+    key, uid = "f" * 64, "0a1b2c3d-0000-4000-8000-000000000000"
+    assert jobs.job_name("llama", uid, key, 1) == "llama-0a1b2c-ffffffff-1"
     long = "a" * 253
-    n = jobs.job_name(long, key, 12)
-    assert len(n) <= 63 and n.endswith("-ffffffffff-12")
-    assert n != jobs.job_name("a" * 252 + "b", key, 12)  # truncated names keep a hash of the full name
-    assert jobs.job_name("My.Model", key, 1) == "my-model-ffffffffff-1"
+    n = jobs.job_name(long, uid, key, 12)
+    assert len(n) <= 63 and n.endswith("-0a1b2c-ffffffff-12")
+    assert n != jobs.job_name("a" * 252 + "b", uid, key, 12)  # truncated names keep a hash of the name
+    assert jobs.job_name("My.Model", uid, key, 1) == "my-model-0a1b2c-ffffffff-1"
+    # `a.b` and `a-b` are two objects (two uids): two names.
+    assert jobs.job_name("a.b", uid, key, 1) != jobs.job_name("a-b", "99" + uid[2:], key, 1)
+
+
+def _ours(uid: str = "u-1", name: str = "llama", key: str = "f" * 64, gen: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": jobs.job_name(name, uid, key, gen),
+            "labels": jobs.labels(uid, key),
+            "annotations": jobs.job_annotations(name, key, gen),
+            "ownerReferences": [jobs.owner_reference(name, uid)],
+        }
+    }
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    node = obj
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    node[parts[-1]] = value
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("change", "ours"),
+    [
+        (None, True),
+        # Labels alone (what the controller used to trust) are not proof:
+        (("metadata.ownerReferences", []), False),
+        (("metadata.ownerReferences.0.controller", False), False),
+        (("metadata.ownerReferences.0.kind", "Deployment"), False),
+        (("metadata.ownerReferences.0.apiVersion", "evil.dev/v1alpha1"), False),
+        (("metadata.ownerReferences.0.uid", "u-2"), False),  # owner and label disagree
+        (("metadata.annotations.pitcrew.dev/enginebuild", "other"), False),
+        (("metadata.name", "llama-forged"), False),  # not the name the controller gives
+        (("metadata.annotations.pitcrew.dev/generation", "x"), False),
+    ],
+)
+def test_owner_of_accepts_only_jobs_the_controller_made(change: tuple[str, Any] | None, ours: bool) -> None:
+    job = _ours()
+    if change is not None:
+        path, value = change
+        if path.startswith("metadata.annotations."):
+            job["metadata"]["annotations"][path.removeprefix("metadata.annotations.")] = value
+        else:
+            _set(job, path, value)
+    assert (jobs.owner_of(job) == ("u-1", "llama")) is ours
+
+
+def test_pod_owner_is_the_expected_job() -> None:
+    job = _ours()
+    pod = {
+        "metadata": {
+            "labels": job["metadata"]["labels"],
+            "annotations": job["metadata"]["annotations"],
+            "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"], "controller": True}],
+        }
+    }
+    assert jobs.pod_owner_of(pod) == ("u-1", "llama")
+    pod["metadata"]["ownerReferences"][0]["name"] = "someone-elses-job"
+    assert jobs.pod_owner_of(pod) is None
 
 
 def test_job_shape() -> None:

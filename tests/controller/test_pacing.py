@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pitcrew import conditions, pacing, reconcile, statuses
+from pitcrew import conditions, jobs, pacing, reconcile, statuses
 from pitcrew.api.v1alpha1 import Phase
 from pitcrew.runtime import Runtime, job_active
 from pitcrew.settings import Settings
@@ -189,14 +189,27 @@ class FakeKube:
 
 
 def _listed_job(uid: str, name: str, *conds: tuple[str, str], job_uid: str = "") -> dict[str, Any]:
+    """A Job as the controller makes it: controller ownerReference, labels, the expected name."""
     job = _job(*conds)
+    key = "f" * 64
     job["metadata"].update(
-        name=name,
+        name=jobs.job_name(name, uid, key, 1),
         namespace="a",
         uid=job_uid or name,
-        labels={"pitcrew.dev/enginebuild-uid": uid},
-        annotations={"pitcrew.dev/enginebuild": uid},
+        labels=jobs.labels(uid, key),
+        annotations=jobs.job_annotations(name, key, 1),
+        ownerReferences=[jobs.owner_reference(name, uid)],
     )
+    return job
+
+
+def _forged_job(uid: str) -> dict[str, Any]:
+    """Labelled like ours, but not made by the controller (no owner reference to the build)."""
+    job = _job()
+    job["metadata"].update(
+        name="forged", namespace="a", uid="forged", labels=jobs.labels(uid, "f" * 64),
+        annotations=jobs.job_annotations("x", "f" * 64, 1),
+    )  # fmt: skip
     return job
 
 
@@ -214,6 +227,7 @@ def test_restart_primes_the_job_view_before_admitting(monkeypatch: pytest.Monkey
             _listed_job("u1", "running"),
             _listed_job("u2", "done", ("Complete", "True")),
             _listed_job("u3", "gone", job_uid="gone-uid"),
+            _forged_job("u4"),  # must not take a slot
         ]
     )
     rt = _with_runtime(monkeypatch, kube, cap=2)
