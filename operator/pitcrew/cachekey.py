@@ -18,7 +18,7 @@ from typing import Any
 from pitcrew.api.sizing import sizes_for
 from pitcrew.api.v1alpha1 import EngineBuildSpec
 
-KEY_SCHEMA = 1  # bump when the inputs change meaning, so old engines are not mistaken for new ones
+KEY_SCHEMA = 2  # bump when the inputs change meaning, so old engines are not mistaken for new ones
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,31 @@ def image_identity(image: str) -> str:
     return image
 
 
+def normalize_endpoint(endpoint: str | None) -> str:
+    """Scheme and host lower-cased, no trailing slash; "" for the SDK's default (AWS)."""
+    if not endpoint:
+        return ""
+    scheme, sep, rest = endpoint.rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 def key_inputs(
-    spec: EngineBuildSpec, *, source_identity: str, builder_image: str, compute_capability: str
+    spec: EngineBuildSpec,
+    *,
+    source_identity: str,
+    builder_image: str,
+    compute_capability: str,
+    source_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The normalised inputs the key is the hash of (also recorded in the plan and manifest)."""
+    """The normalised inputs the key is the hash of (also recorded in the plan and manifest).
+
+    `source_identity` is what the bytes are: the listing digest of an s3:// source (which the
+    builder checks before it builds), `pvc:<namespace>:<claim uid>` for a pvc:// source, or
+    "unpinned". `spec.source.revision` is only a label on top of it (it is not verified), and the
+    effective source endpoint (`source_endpoint`: the spec's or the operator's default) is part of
+    the key: the same bucket name on two S3 servers is two sources.
+    """
     build = spec.build.model_dump(mode="json", exclude={"workers", "lora"})
     sizes = sizes_for(spec.build)
     build.update(
@@ -90,6 +111,8 @@ def key_inputs(
             "uri": normalize_uri(spec.source.uri),
             "format": str(spec.source.format),
             "identity": source_identity,
+            "revision": spec.source.revision,
+            "endpoint": normalize_endpoint(source_endpoint) if spec.source.uri.startswith("s3://") else "",
         },
         "model": model,
         "parallelism": spec.parallelism.model_dump(mode="json"),

@@ -33,6 +33,8 @@ SCRATCH_DIR = "/scratch"
 PVC_ROOT = "/mnt/pvc"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MAJOR_LABEL = "nvidia.com/gpu.compute.major"  # NVIDIA GPU feature discovery
+GPU_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 CONTAINER = "builder"
 KEY_IN_NAME = 8
 UID_IN_NAME = 6
@@ -231,6 +233,12 @@ def render_job(
     node_selector = dict(spec.target.node_selector or {})
     if spec.target.gpu_product:
         node_selector[GPU_PRODUCT_LABEL] = spec.target.gpu_product
+    elif resolved.gpu_count > 0:
+        # Only a compute capability: GPU feature discovery's labels, so an SM 8.0 node cannot
+        # build the engine filed under another SM's key.
+        major, _, minor = resolved.compute_capability.partition(".")
+        node_selector[GPU_MAJOR_LABEL] = major
+        node_selector[GPU_MINOR_LABEL] = minor or "0"
     tolerations = [t.to_api() for t in spec.target.tolerations or ()]
     if resolved.gpu_count > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; a GPU build belongs there.

@@ -10,9 +10,16 @@ from pitcrew.api.v1alpha1 import EngineBuildSpec
 from pitcrew.settings import Settings
 from pitcrew.validation import Resolved
 
-# Identity used when the source cannot be listed (pvc://, file://) and no revision is pinned:
-# the key then follows the URI only, so pin spec.source.revision to rebuild on new bytes.
+# Identity of a file:// source (development only: the controller cannot see it): the key then
+# follows the URI (and spec.source.revision), so change the revision to rebuild on new bytes.
 UNPINNED = "unpinned"
+
+
+def pvc_identity(namespace: str, claim_uid: str) -> str:
+    """A pvc:// source: that claim of that namespace (another namespace's claim of the same name, or
+    a re-created claim, is another source). Its bytes are not seen by the controller: change
+    spec.source.revision to rebuild on new bytes in the same claim."""
+    return f"pvc:{namespace}:{claim_uid}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ def make_plan(
         source_identity=source_identity,
         builder_image=resolved.builder_image,
         compute_capability=resolved.compute_capability,
+        source_endpoint=spec.source.endpoint or settings.s3_endpoint,
     )
     key = cachekey.cache_key(inputs)
     plan = BuildPlan(

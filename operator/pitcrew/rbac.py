@@ -27,6 +27,8 @@ PERMISSIONS: tuple[Permission, ...] = (
                "GET a vanished Job; delete superseded or stopped Jobs"),
     Permission("", "pods", ("list", "watch"), "watch our builder Pods (label selector) for their state"),
     Permission("", "secrets", ("get",), "check referenced S3 Secrets exist; read output credentials"),
+    Permission("", "persistentvolumeclaims", ("get",),
+               "pvc:// sources: the claim's uid is part of the cache key"),
     Permission("", "events", ("create",), "Kubernetes Events on each transition (kopf posts them)"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                "kopf's resource scanning notices the CRD being (re)installed"),

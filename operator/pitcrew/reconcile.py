@@ -116,10 +116,19 @@ class SourceMissing(Exception):
     pass
 
 
-async def source_identity(spec: EngineBuildSpec, creds: Credentials) -> str:
-    if spec.source.revision:
-        return f"revision:{spec.source.revision}"
-    if not spec.source.uri.startswith("s3://"):
+async def source_identity(spec: EngineBuildSpec, creds: Credentials | None, namespace: str) -> str:
+    """What the source bytes are (pitcrew.cachekey.key_inputs); spec.source.revision is a label only."""
+    uri = spec.source.uri
+    if uri.startswith("pvc://"):
+        claim = uri[len("pvc://") :].split("/", 1)[0]
+        pvc = await RT.kube.get(ns_path(namespace, "persistentvolumeclaims", claim))
+        if pvc is None:
+            raise SourceMissing(
+                f"spec.source.uri: PersistentVolumeClaim {claim!r} not found in namespace {namespace}: "
+                "create it or fix the URI"
+            )
+        return plans.pvc_identity(namespace, str(pvc["metadata"]["uid"]))
+    if not uri.startswith("s3://") or creds is None:
         return plans.UNPINNED
     objects = await RT.store().list(spec.source.endpoint, creds, spec.source.uri)
     if not objects:
@@ -237,7 +246,8 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
 
     retry = RT.settings.retry_seconds
     try:
-        identity = await source_identity(spec, credentials(secrets, spec, ns, "source"))
+        creds = credentials(secrets, spec, ns, "source") if spec.source.uri.startswith("s3://") else None
+        identity = await source_identity(spec, creds, ns)
     except SourceMissing as e:
         _fail(body, patch, REASON_SOURCE, str(e))
         raise kopf.TemporaryError(str(e), delay=retry) from e
