@@ -195,7 +195,35 @@ class CheckpointConfig:
         else:
             data["bias"] = self.qkv_bias or self.dense_bias or self.mlp_bias
         data.update(extra)
+        if self.architecture == "Qwen2ForCausalLM":
+            # TRT-LLM 1.2 models/qwen/model.py QWenDecoderLayer reads config.seq_length
+            # (max_seqlen_for_logn_scaling) and sizes the MLP by qwen_type ('qwen' halves
+            # intermediate_size); QWenConfig does not derive either from a checkpoint.
+            data.setdefault("qwen_type", "qwen2")
+            data.setdefault("seq_length", self.max_position_embeddings)
         return data
+
+    def trtllm_biases(self) -> tuple[bool, bool, bool]:
+        """(qkv, dense, mlp) bias flags as TRT-LLM 1.2's model class for this architecture sets them.
+
+        - Qwen2 (models/qwen/model.py QWenDecoderLayer): Attention(bias=attn_bias, dense_bias=False),
+          GatedMLP(bias=mlp_bias).
+        - LLaMA/Mistral (models/llama/model.py LLaMADecoderLayer): Attention(bias=attn_bias) with no
+          dense_bias, so layers/attention.py Attention makes dense_bias = bias; GatedMLP(bias=mlp_bias).
+        - GPT (models/gpt/model.py GPTDecoderLayer): one ``bias`` for QKV, dense and MLP.
+        A flag set here that the source lacks is written as zeros (exact: adding 0 changes nothing).
+        """
+        q, d, m = self.qkv_bias, self.dense_bias, self.mlp_bias
+        if self.architecture == "Qwen2ForCausalLM":
+            if d:
+                raise CheckpointError(
+                    "Qwen2 with a bias on attention.dense cannot be built: TensorRT-LLM's QWen model "
+                    "has dense_bias=False"
+                )
+            return q, False, m
+        if self.is_llama_family:
+            return q or d, q or d, m
+        return (q or d or m,) * 3
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointConfig:
@@ -315,7 +343,48 @@ def layer_shapes(config: CheckpointConfig) -> dict[str, Shape]:
     shapes["mlp.proj.weight"] = (h, ffn)
     if config.mlp_bias:
         shapes["mlp.proj.bias"] = (h,)
+    shapes.update(scale_shapes(config))
     return shapes
+
+
+# TensorRT-LLM 1.2 tensorrt_llm/quantization/quantize.py:fp8_quantize swaps every ColumnLinear /
+# RowLinear outside exclude_modules (lm_head, vocab/position embeddings) for FP8Linear /
+# FP8RowLinear (tensorrt_llm/quantization/layers.py), whose weight is 'fp8' and which add two
+# float32 parameters of shape (1,): weights_scaling_factor and activation_scaling_factor.
+# kv_cache_quantize (same file) gives every Attention a float32 (1,) kv_cache_scaling_factor.
+# PretrainedModel.load (models/modeling_utils.py) raises "Required but not provided tensors" for
+# any of them left out.
+FP8_LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+SCALE_SUFFIXES = ("weights_scaling_factor", "activation_scaling_factor", "kv_cache_scaling_factor")
+
+
+def scale_shapes(config: CheckpointConfig) -> dict[str, Shape]:
+    """The quantization scales of one layer (relative names), all float32 of shape (1,)."""
+    shapes: dict[str, Shape] = {}
+    if config.quantization.quant_algo == "FP8":
+        for linear in FP8_LINEARS:
+            if linear == "mlp.gate" and not config.gated_mlp:
+                continue
+            shapes[f"{linear}.weights_scaling_factor"] = (1,)
+            shapes[f"{linear}.activation_scaling_factor"] = (1,)
+    if config.quantization.kv_cache_quant_algo is not None:
+        shapes["attention.kv_cache_scaling_factor"] = (1,)
+    return shapes
+
+
+def is_scale(name: str) -> bool:
+    return name.rpartition(".")[2] in SCALE_SUFFIXES
+
+
+def tensor_dtype(config: CheckpointConfig, name: str) -> str:
+    """'fp8', 'float32' or the model dtype: how TRT-LLM 1.2 declares the parameter ``name``."""
+    if is_scale(name):
+        return "float32"
+    module, _, kind = name.rpartition(".")
+    local = module.split(".", 3)[3] if module.startswith("transformer.layers.") else module
+    if config.quantization.quant_algo == "FP8" and kind == "weight" and local in FP8_LINEARS:
+        return "fp8"
+    return config.dtype
 
 
 def embedding_shapes(config: CheckpointConfig) -> dict[str, Shape]:
@@ -382,7 +451,7 @@ def validate_checkpoint(ckpt_dir: Path) -> CheckpointConfig:
                         raise CheckpointError(f"{path.name} lacks tensor {name}")
                     sl = f.get_slice(name)
                     actual = tuple(sl.get_shape())
-                    if sl.get_dtype() in ("F16", "BF16", "F32", "F64") and actual != shape:
+                    if sl.get_dtype() in ("F16", "BF16", "F32", "F64", "F8_E4M3") and actual != shape:
                         raise CheckpointError(
                             f"{path.name}: tensor {name} has shape {actual}, expected {shape}"
                         )

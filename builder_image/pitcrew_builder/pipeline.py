@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -152,6 +153,23 @@ def open_store(uri: str, role: Role, endpoint: str | None, settings: TransferSet
     return LocalStore(loc)
 
 
+def _object_reader(plan: BuildPlan, opts: Options) -> Callable[[str], bytes | None]:
+    """Reads single objects (the calibration dataset) with the source's endpoint and credentials."""
+
+    def read(uri: str) -> bytes | None:
+        loc = parse_location(uri)
+        if not isinstance(loc, S3Location):
+            return None
+        store = S3Store(
+            S3Location(loc.bucket, ""),
+            make_client("source", plan.source.endpoint, opts.settings),
+            opts.settings,
+        )
+        return store.get_bytes(loc.prefix)
+
+    return read
+
+
 def fetch_source(
     plan: BuildPlan, work: Path, opts: Options, reporter: ProgressReporter
 ) -> tuple[Path, FetchStats]:
@@ -221,7 +239,9 @@ def run_build(plan: BuildPlan, opts: Options) -> BuildResult:
                 raise InvalidCheckpoint(str(exc), stage="convert") from exc
         else:
             clear_marker(work, "compile")
-            cfg = run_convert(plan, source_dir, ckpt_dir, reporter.stage_callback("convert"))
+            cfg = run_convert(
+                plan, source_dir, ckpt_dir, reporter.stage_callback("convert"), _object_reader(plan, opts)
+            )
             write_marker(work, "convert", conv_digest, {})
 
     engine_dir = work / "engine"

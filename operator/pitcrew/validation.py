@@ -127,8 +127,23 @@ def validate(
                 "spec.build.reduceFusion", "needs parallelism.tensor > 1: set it to false or raise tensor"
             )
         )
-    if spec.build.lora.enabled and spec.backend != Backend.TENSORRT_LLM:
-        problems.append(Problem("spec.build.lora.enabled", "LoRA needs backend tensorrt-llm"))
+    if spec.build.lora.enabled:
+        problems.append(
+            Problem(
+                "spec.build.lora.enabled",
+                "LoRA is not supported yet (TensorRT-LLM 1.2 needs real adapter checkpoints): "
+                "remove build.lora",
+            )
+        )
+    arch = spec.model.architecture if spec.model else None
+    if spec.build.reduce_fusion and arch is not None and arch != "LlamaForCausalLM":
+        problems.append(
+            Problem(
+                "spec.build.reduceFusion",
+                f"TensorRT-LLM 1.2 applies reduce fusion only to LlamaForCausalLM, not {arch}: "
+                "set it to false",
+            )
+        )
     for field_path, ref in secret_refs(spec).items():
         keys = secret_keys.get(ref.name)
         if keys is None:

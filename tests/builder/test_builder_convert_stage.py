@@ -8,7 +8,20 @@ from tiny_models import make_llama
 
 from pitcrew.api.v1alpha1 import Quantization
 from pitcrew_builder.checkpoint import read_config
+from pitcrew_builder.convert.calibration import builtin_lines
 from pitcrew_builder.stages.convert import run_convert
+
+
+def save_word_tokenizer(path: Path, vocab_size: int) -> None:
+    """A word-level tokenizer over the built-in calibration text, ids below ``vocab_size``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        builtin_lines(), trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"])
+    )
+    tok.save(str(path / "tokenizer.json"))
 
 
 @pytest.mark.parametrize(
@@ -20,8 +33,28 @@ def test_kv_cache_quantization_reaches_the_checkpoint(
 ) -> None:
     source = tmp_path / "hf"
     make_llama(source)
+    save_word_tokenizer(source, 101)
     plan = make_plan(source_uri=source.as_uri(), output_uri="s3://unused/out", source_format="hf")
     plan.quantization = Quantization(weights=weights, kv_cache=kv_cache)  # type: ignore[arg-type]
     run_convert(plan, source, tmp_path / "ckpt", lambda _message, _fraction: None)
     quantization = read_config(tmp_path / "ckpt").quantization
     assert (quantization.quant_algo, quantization.kv_cache_quant_algo) == (quant_algo, kv_algo)
+
+
+def test_calibration_dataset_file_with_input_ids_and_a_missing_tokenizer(tmp_path: Path) -> None:
+    from pitcrew_builder.checkpoint import CheckpointError
+    from pitcrew_builder.errors import InvalidCheckpoint
+
+    source = tmp_path / "hf"
+    make_llama(source)  # no tokenizer: the built-in text cannot be tokenized
+    plan = make_plan(source_uri=source.as_uri(), output_uri="s3://unused/out", source_format="hf")
+    plan.quantization = Quantization(weights="fp8")  # type: ignore[arg-type]
+    with pytest.raises((InvalidCheckpoint, CheckpointError), match="source has no tokenizer"):
+        run_convert(plan, source, tmp_path / "a", lambda _m, _f: None)
+    ids = tmp_path / "calib.jsonl"
+    ids.write_text("\n".join(f'{{"input_ids": [{i}, {i + 1}, {i + 2}, 7, 9]}}' for i in range(10)))
+    plan.quantization = Quantization.model_validate(
+        {"weights": "fp8", "calibration": {"dataset": ids.as_uri(), "samples": 4, "seqLen": 8}}
+    )
+    run_convert(plan, source, tmp_path / "b", lambda _m, _f: None)
+    assert read_config(tmp_path / "b").quantization.quant_algo == "FP8"

@@ -75,11 +75,11 @@ def test_megatron_defaults_reach_plugin_config() -> None:
         source_uri="file:///m",
         output_uri="s3://b/o",
         backend="tensorrt-llm",
-        build={"pagedKvCache": False, "gemmPlugin": "disable", "lora": {"enabled": True}},
+        build={"pagedKvCache": False, "gemmPlugin": "disable"},
     )
     p = plugin_settings(off.build, "DeciLMForCausalLM")
     assert p.paged_kv_tokens_per_block is None and p.attributes["gemm_plugin"] is None
-    assert p.attributes["use_fused_mlp"] is False and p.attributes["lora_plugin"] == "auto"
+    assert p.attributes["use_fused_mlp"] is False and "lora_plugin" not in p.attributes
 
 
 def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) ->
     assert d["opt_num_tokens"] == 128  # never above max_num_tokens
 
 
-def test_check_refuses_lora_without_targets_and_size_skew() -> None:
+def test_check_refuses_lora_and_size_skew() -> None:
     from pitcrew_builder.errors import InvalidSpec
 
     lora = make_plan(
@@ -111,7 +111,7 @@ def test_check_refuses_lora_without_targets_and_size_skew() -> None:
         backend="tensorrt-llm",
         build={"lora": {"enabled": True}},
     )
-    with pytest.raises(InvalidSpec, match="targetModules"):
+    with pytest.raises(InvalidSpec, match=r"build\.lora is not supported: TensorRT-LLM 1\.2 builds a LoRA"):
         BACKEND.check(lora)
     skewed = _megatron_plan()
     skewed.sizes.max_num_tokens = 1234  # the controller resolved something else: version skew
@@ -244,3 +244,56 @@ def test_cli_build_with_the_double_publishes_engines(tiny_llama: Path, tmp_path:
     assert manifest["versions"]["tensorrtLlm"] == "1.2.0" and manifest["computeCapability"] == "9.0"
     assert manifest["build"]["build_config"]["max_num_tokens"] == 128
     assert run.result["versions"]["tensorrtLlm"] == "1.2.0"
+
+
+@pytest.mark.parametrize(
+    ("requested", "architecture", "tp", "problem"),
+    [
+        (False, "MistralForCausalLM", 1, None),
+        (True, "LlamaForCausalLM", 2, None),  # the one case TRT-LLM 1.2 builds
+        (True, "LlamaForCausalLM", 1, "needs parallelism.tensor > 1"),
+        (
+            True,
+            "MistralForCausalLM",
+            2,
+            "only to LlamaForCausalLM checkpoints, this one is MistralForCausalLM",
+        ),
+        (True, "Qwen2ForCausalLM", 4, "this one is Qwen2ForCausalLM"),
+        (True, "GPTForCausalLM", 2, "this one is GPTForCausalLM"),
+    ],
+)
+def test_reduce_fusion_is_refused_where_trtllm_drops_it(
+    requested: bool, architecture: str, tp: int, problem: str | None
+) -> None:
+    from pitcrew_builder.backends.trtllm import reduce_fusion_problem
+
+    got = reduce_fusion_problem(requested, architecture, tp)
+    assert got is None if problem is None else (got is not None and problem in got and "reduceFusion" in got)
+
+
+def test_build_config_is_constructed_for_dataclass_and_pydantic_forms() -> None:
+    import dataclasses
+
+    import pydantic
+
+    from pitcrew_builder.backends.trtllm import make_build_config
+    from pitcrew_builder.errors import BuildFailed
+
+    @dataclasses.dataclass
+    class DataclassBuildConfig:  # TensorRT-LLM <= 1.1
+        max_input_len: int = 1024
+        max_num_tokens: int = 8192
+        plugin_config: object = None
+
+    class PydanticBuildConfig(pydantic.BaseModel):  # TensorRT-LLM 1.2.x: unknown keys are errors
+        model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+        max_input_len: int = 1024
+        max_num_tokens: int = 8192
+        plugin_config: object = None
+
+    values = {"max_input_len": 512, "max_num_tokens": 300, "multiple_profiles": False}
+    for cls in (DataclassBuildConfig, PydanticBuildConfig):
+        built = make_build_config(cls, values, plugin_config="plugins")
+        assert (built.max_input_len, built.max_num_tokens, built.plugin_config) == (512, 300, "plugins")
+        with pytest.raises(BuildFailed, match=r"no field\(s\) \['max_seq_len'\]: version skew"):
+            make_build_config(cls, {**values, "max_seq_len": 1}, plugin_config=None)

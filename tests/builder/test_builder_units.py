@@ -213,6 +213,7 @@ def test_convert_arguments_from_the_plan() -> None:
         "fields": {"num_attention_heads": 8, "vocab_size": 50257, "architecture": "GPTForCausalLM"},
         "quantization": "int4",
         "kv_cache": "none",
+        "calibration": None,  # int4 weight-only measures no scales
     }
 
 

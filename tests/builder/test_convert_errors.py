@@ -14,6 +14,7 @@ from transformers import LlamaForCausalLM
 
 from pitcrew_builder.checkpoint import CheckpointError, MappingConfig, read_config, validate_checkpoint
 from pitcrew_builder.convert import ModelOverrides, convert
+from pitcrew_builder.convert.quantize import CalibrationSet
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 
@@ -167,6 +168,7 @@ def test_overrides_checked(llama: tuple[Path, LlamaForCausalLM], tmp_path: Path)
         quantization="int4",
         kv_cache="int8",
         overrides=ModelOverrides(fields={"num_attention_heads": 4, "max_position_embeddings": 128}),
+        calibration=CalibrationSet((torch.arange(16),), "test ids"),
     )
     assert config.quantization.quant_algo == "W4A16" and config.quantization.kv_cache_quant_algo == "INT8"
     assert config.max_position_embeddings == 128

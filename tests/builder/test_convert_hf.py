@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from pitcrew_builder.checkpoint import read_config, validate_checkpoint
 from pitcrew_builder.convert import ModelOverrides, convert
+from pitcrew_builder.convert.quantize import CalibrationSet
 from pitcrew_builder.convert.trtllm import load_full_weights
 from pitcrew_builder.model.reference import ReferenceModel
 
@@ -92,7 +93,17 @@ def test_config_fields(models: dict[str, tuple[Path, PreTrainedModel]], tmp_path
     assert data["position_embedding_type"] == "rope_gpt_neox" and data["hidden_act"] == "silu"
     with safe_open(str(tmp_path / "q" / "rank0.safetensors"), framework="pt") as f:
         assert f.get_tensor("transformer.layers.0.attention.qkv.bias").dtype == torch.bfloat16
-    convert(models["gpt2"][0], "hf", tmp_path / "g", tp=1, pp=1, dtype="fp16", quantization="fp8")
+    calib = CalibrationSet((torch.arange(20) % VOCAB,), "test")
+    convert(
+        models["gpt2"][0],
+        "hf",
+        tmp_path / "g",
+        tp=1,
+        pp=1,
+        dtype="fp16",
+        quantization="fp8",
+        calibration=calib,
+    )
     g = read_config(tmp_path / "g")
     assert g.architecture == "GPTForCausalLM" and g.position_embedding_type == "learned_absolute"
     assert g.quantization.quant_algo == "FP8" and g.quantization.kv_cache_quant_algo == "FP8"

@@ -37,6 +37,7 @@ def crd(cluster: ClusterInfo) -> None:
             "quantization fp8 (weights or kvCache) needs compute capability 8.9",
         ),
         ({"quantization.calibration.dataset": "https://x/y.txt"}, "spec.quantization.calibration.dataset"),
+        ({"build.lora.enabled": True}, "build.lora is not supported yet"),
     ],
 )
 def test_refused_at_apply(cluster: ClusterInfo, crd: None, spec: dict[str, object], message: str) -> None:

@@ -93,3 +93,28 @@ def test_fp8_below_sm89_is_refused_naming_the_field(target: dict[str, str], fiel
 )
 def test_fp8_on_sm89_and_newer_and_int8_kv_on_ampere_are_accepted(target: dict[str, str]) -> None:
     validate(spec(**target), S, secret_keys={})
+
+
+def test_lora_is_refused_with_the_reason() -> None:
+    msg = problems(spec(**{"build.lora.enabled": True}))
+    assert "spec.build.lora.enabled: LoRA is not supported yet" in msg
+
+
+def test_reduce_fusion_only_for_llama_architecture() -> None:
+    msg = problems(
+        spec(
+            **{
+                "build.reduceFusion": True,
+                "parallelism.tensor": 2,
+                "model.architecture": "MistralForCausalLM",
+            }
+        )
+    )
+    assert "spec.build.reduceFusion: TensorRT-LLM 1.2 applies reduce fusion only to LlamaForCausalLM" in msg
+    validate(
+        spec(
+            **{"build.reduceFusion": True, "parallelism.tensor": 2, "model.architecture": "LlamaForCausalLM"}
+        ),
+        S,
+        secret_keys={},
+    )

@@ -23,6 +23,12 @@ from pitcrew_builder.backends.base import CompileContext, CompileResult
 from pitcrew_builder.errors import BuildFailed, InvalidSpec
 from pitcrew_builder.logging import log_event
 
+LORA_UNSUPPORTED = (
+    "build.lora is not supported: TensorRT-LLM 1.2 builds a LoRA engine only from real adapter "
+    "checkpoints (LoraConfig.lora_dir; NeMo adapters cover attn_qkv only), which Pitcrew does not "
+    "fetch yet. Remove build.lora"
+)
+
 # Checkpoint architecture -> TensorRT-LLM model class (tensorrt_llm.models.<name>).
 _MODEL_CLASSES = {
     "LlamaForCausalLM": "LLaMAForCausalLM",
@@ -51,6 +57,26 @@ class PluginSettings:
     paged_kv_tokens_per_block: int | None
 
 
+# TensorRT-LLM 1.2 tensorrt_llm/builder.py build(): "Overriding reduce_fusion to False" unless
+# mapping.tp_size > 1 and the checkpoint's architecture is LlamaForCausalLM (or Gemma2/Medusa,
+# which Pitcrew does not convert). Mistral and Qwen2 checkpoints keep their own architecture name.
+REDUCE_FUSION_ARCHITECTURES = frozenset({"LlamaForCausalLM"})
+
+
+def reduce_fusion_problem(requested: bool, architecture: str, tp: int) -> str | None:
+    """Why TRT-LLM would silently drop a requested reduceFusion; None when it is really built."""
+    if not requested:
+        return None
+    if tp <= 1:
+        return "build.reduceFusion needs parallelism.tensor > 1 (TensorRT-LLM turns it off): set it to false"
+    if architecture not in REDUCE_FUSION_ARCHITECTURES:
+        return (
+            f"build.reduceFusion: TensorRT-LLM 1.2 applies it only to LlamaForCausalLM checkpoints, this one "
+            f"is {architecture} (it would be turned off silently): set it to false"
+        )
+    return None
+
+
 def plugin_settings(build: BuildOptions, architecture: str) -> PluginSettings:
     attrs: dict[str, Any] = {
         "gpt_attention_plugin": _plugin_dtype(build.gpt_attention_plugin),
@@ -62,9 +88,6 @@ def plugin_settings(build: BuildOptions, architecture: str) -> PluginSettings:
     }
     if architecture == "DeciLMForCausalLM":
         attrs["use_fused_mlp"] = False  # DeciLM's variable FFN widths break the fused MLP
-    if build.lora.enabled:
-        # Megatron leaves the LoRA plugin unset (commented out); an engine then cannot apply adapters.
-        attrs["lora_plugin"] = "auto"
     return PluginSettings(attrs, build.tokens_per_block if build.paged_kv_cache else None)
 
 
@@ -91,16 +114,6 @@ def build_config_dict(
         # Explicit, inside the work dir: the default "model.cache" lands in the CWD.
         "output_timing_cache": str(timing_cache),
         "input_timing_cache": str(input_timing_cache) if input_timing_cache else None,
-    }
-
-
-def lora_settings(build: BuildOptions) -> dict[str, Any] | None:
-    if not build.lora.enabled:
-        return None
-    return {
-        "lora_ckpt_source": "nemo",
-        "max_lora_rank": build.lora.max_lora_rank,
-        "lora_target_modules": list(build.lora.target_modules),
     }
 
 
@@ -131,7 +144,6 @@ class RankJob:
     engine_dir: str
     plugin: PluginSettings
     build: dict[str, Any]
-    lora: dict[str, Any] | None
     visible_device: str | None
 
 
@@ -156,20 +168,33 @@ def build_rank(job: RankJob) -> dict[str, str | None]:
         plugin_config.enable_paged_kv_cache(tokens_per_block=job.plugin.paged_kv_tokens_per_block)
     else:
         plugin_config.paged_kv_cache = False
-    known = accepted_fields(BuildConfig)
-    build = {k: v for k, v in job.build.items() if known is None or k in known}
-    if known is not None and set(job.build) - known:
-        # e.g. multiple_profiles, which lives on PluginConfig; strict (pydantic) versions reject it.
-        log_event("compile", "build-keys-dropped", keys=sorted(set(job.build) - known))
-    build_config = BuildConfig.from_dict(build, plugin_config=plugin_config)
-    if job.lora is not None:
-        from tensorrt_llm.lora_manager import LoraConfig
-
-        build_config.lora_config = LoraConfig(**job.lora)
+    build_config = make_build_config(BuildConfig, job.build, plugin_config)
     model = model_cls.from_checkpoint(job.checkpoint_dir, rank=job.rank)
     engine = tensorrt_llm.build(model, build_config)
     engine.save(job.engine_dir)
     return {"tensorrt_llm": getattr(tensorrt_llm, "__version__", None), "tensorrt": _tensorrt_version()}
+
+
+# Keys of build_config_dict that are not BuildConfig fields in every 1.x release:
+# multiple_profiles is a PluginConfig field (set there); TRT-LLM's from_dict never read it.
+PLUGIN_SIDE_KEYS = frozenset({"multiple_profiles"})
+
+
+def make_build_config(cls: Any, values: dict[str, Any], plugin_config: Any) -> Any:
+    """``BuildConfig(**values, plugin_config=...)`` with keys checked against the class's own fields.
+
+    TensorRT-LLM up to 1.1 declares BuildConfig as a dataclass (``from_dict`` pops known keys and
+    ignores the rest); 1.2.x makes it a pydantic model that rejects unknown keys. Calling the
+    constructor with exactly the declared fields works for both and fails loudly on version skew
+    instead of dropping a size silently.
+    """
+    known = accepted_fields(cls)
+    kwargs = {k: v for k, v in values.items() if k not in PLUGIN_SIDE_KEYS}
+    if known is not None:
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise BuildFailed(f"this TensorRT-LLM's BuildConfig has no field(s) {unknown}: version skew")
+    return cls(**kwargs, plugin_config=plugin_config)
 
 
 def accepted_fields(cls: Any) -> set[str] | None:
@@ -195,12 +220,9 @@ class TrtllmBackend:
 
     def check(self, plan: BuildPlan) -> None:
         if plan.build.reduce_fusion and plan.parallelism.tensor == 1:
-            log_event(
-                "compile",
-                "option-ignored",
-                level="warning",
-                message="reduceFusion needs parallelism.tensor > 1; TensorRT-LLM turns it off",
-            )
+            raise InvalidSpec(str(reduce_fusion_problem(True, "", 1)))
+        if plan.build.lora.enabled:
+            raise InvalidSpec(LORA_UNSUPPORTED)
         if plan.build.workers > 1 and plan.target.gpu_count and plan.build.workers > plan.target.gpu_count:
             log_event(
                 "compile",
@@ -209,8 +231,6 @@ class TrtllmBackend:
                 workers=plan.build.workers,
                 gpus=plan.target.gpu_count,
             )
-        if plan.build.lora.enabled and not plan.build.lora.target_modules:
-            raise InvalidSpec("build.lora.enabled needs build.lora.targetModules (e.g. attn_qkv, attn_dense)")
         mismatches = sizes_warnings(plan, build_config_dict(plan, "", Path(TIMING_CACHE)))
         if mismatches:
             # Controller and builder resolve sizes with the same function; a difference is version skew.
@@ -229,6 +249,9 @@ class TrtllmBackend:
 
     def jobs(self, ctx: CompileContext) -> list[RankJob]:
         plan, cfg = ctx.plan, ctx.checkpoint_config
+        problem = reduce_fusion_problem(plan.build.reduce_fusion, cfg.architecture, cfg.tp)
+        if problem:
+            raise InvalidSpec(problem)
         class_name = model_class_name(cfg.architecture)
         world = cfg.mapping.world_size
         parallel = plan.build.workers > 1 and world > 1
@@ -247,7 +270,6 @@ class TrtllmBackend:
                     engine_dir=str(ctx.engine_dir),
                     plugin=plugin_settings(plan.build, cfg.architecture),
                     build=build,
-                    lora=lora_settings(plan.build),
                     visible_device=str(rank % gpus) if parallel and gpus else None,
                 )
             )
@@ -287,7 +309,6 @@ class TrtllmBackend:
                     tokens_per_block=first.plugin.paged_kv_tokens_per_block,
                 ),
                 "build_config": {k: v for k, v in first.build.items() if "timing_cache" not in k},
-                "lora_config": first.lora,
                 "workers": workers,
             },
         )

@@ -21,8 +21,9 @@ of a torch_dist checkpoint); structural facts in ``ModelOverrides.fields`` and e
 off the weights.
 
 Quantization: int8/int4 weight-only keep float weights and set ``quant_algo`` W8A16/W4A16 (TRT-LLM
-quantizes at build time). ``fp8`` sets ``quant_algo``/``kv_cache_quant_algo`` FP8 only; the scales
-real FP8 engines need come from TRT-LLM's quantize (ModelOpt calibration) path, not from here.
+quantizes at build time). ``fp8`` writes float8_e4m3fn weights with per-tensor weight and
+activation scales, and FP8/INT8 KV cache adds a kv_cache_scaling_factor per attention, all from
+max calibration over ``calibration`` (``quantize``; the scales agree with NVIDIA Model Optimizer).
 """
 
 from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError

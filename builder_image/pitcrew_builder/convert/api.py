@@ -17,6 +17,7 @@ from pitcrew_builder.checkpoint import (
     validate_checkpoint,
     write_config,
 )
+from pitcrew_builder.convert.quantize import CalibrationSet
 from pitcrew_builder.convert.source import ModelSource
 from pitcrew_builder.convert.writer import TORCH_DTYPES, ProgressFn, clear_checkpoint_dir, write_checkpoint
 
@@ -133,7 +134,7 @@ def output_config(
 ) -> CheckpointConfig:
     """The config of the checkpoint to write: the source's model with the requested layout."""
     name = _DTYPE_ALIASES.get(dtype.lower(), dtype) if dtype != "auto" else source.dtype
-    if name not in TORCH_DTYPES:
+    if name not in TORCH_DTYPES or name == "fp8":
         raise CheckpointError(f"dtype {dtype!r} is not one of float16, bfloat16, float32, auto")
     config = dataclasses.replace(
         source,
@@ -159,6 +160,7 @@ def output_config(
         setattr(config, key, value)
     if tp < 1 or pp < 1:
         raise CheckpointError(f"tp={tp} and pp={pp} must be at least 1")
+    config.qkv_bias, config.dense_bias, config.mlp_bias = config.trtllm_biases()
     config.check()
     return config
 
@@ -207,6 +209,36 @@ class _TruncatedVocab(ModelSource):
         self.inner.close()
 
 
+class _ZeroBiases(ModelSource):
+    """Adds zero biases TRT-LLM's model declares but the source has none of (e.g. Megatron
+    add_qkv_bias without add_bias_linear on LLaMA: TRT-LLM then also requires attention.dense.bias)."""
+
+    def __init__(self, inner: ModelSource, config: CheckpointConfig) -> None:
+        self.inner = inner
+        self.config = dataclasses.replace(
+            inner.config, qkv_bias=config.qkv_bias, dense_bias=config.dense_bias, mlp_bias=config.mlp_bias
+        )
+
+    def embeddings(self) -> dict[str, Any]:
+        return self.inner.embeddings()
+
+    def layer(self, index: int) -> dict[str, Any]:
+        from pitcrew_builder.convert.source import canonical_layer_shapes
+
+        out = dict(self.inner.layer(index))
+        like = out["attention.q.weight"]
+        for name, shape in canonical_layer_shapes(self.config).items():
+            if name.endswith(".bias") and name not in out:
+                out[name] = like.new_zeros(shape)
+        return out
+
+    def final(self) -> dict[str, Any]:
+        return self.inner.final()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def convert(
     source_dir: Path,
     source_format: SourceFormat,
@@ -219,6 +251,7 @@ def convert(
     quantization: str | None = None,
     kv_cache: str | None = None,
     progress: ProgressFn | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> CheckpointConfig:
     """Convert a model to a TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``).
 
@@ -232,6 +265,7 @@ def convert(
     correct non-structural config fields and confirm structural ones (for Megatron they become
     training args, which the saved args lack in some torch_dist checkpoints).
     ``progress(message, fraction)`` is called with fractions rising from 0.0 to 1.0.
+    ``calibration``: token ids for FP8 weights / FP8 or INT8 KV cache (max calibration).
     Raises CheckpointError (a ValueError) naming the offending tensor or field.
     Returns the config written to ``out_dir/config.json``.
     """
@@ -259,7 +293,13 @@ def convert(
         if wanted_vocab is not None and int(wanted_vocab) < source.config.vocab_size:
             source = _TruncatedVocab(source, int(wanted_vocab))
         config = output_config(source.config, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
-        return write_checkpoint(source, config, out_dir, progress)
+        if config.trtllm_biases() != (
+            source.config.qkv_bias,
+            source.config.dense_bias,
+            source.config.mlp_bias,
+        ):
+            source = _ZeroBiases(source, config)
+        return write_checkpoint(source, config, out_dir, progress, calibration)
 
 
 def _pass_through(
@@ -278,7 +318,11 @@ def _pass_through(
     wanted = output_config(stored, tp=tp, pp=pp, dtype=dtype, quant=quant, overrides=overrides)
     if quant.quant_algo is None and quant.kv_cache_quant_algo is None:
         wanted.quantization = stored.quantization  # "no quantization asked" keeps what is there
-    same_layout = wanted.mapping == stored.mapping and wanted.dtype == stored.dtype
+    same_layout = (
+        wanted.mapping == stored.mapping
+        and wanted.dtype == stored.dtype
+        and wanted.quantization == stored.quantization
+    )
     if not same_layout:
         return None
     clear_checkpoint_dir(out_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -22,26 +23,35 @@ _ST_DTYPES: dict[torch.dtype, str] = {
     torch.float16: "F16",
     torch.bfloat16: "BF16",
     torch.float32: "F32",
+    torch.float8_e4m3fn: "F8_E4M3",
 }
 
 
 class StreamingSafetensorsWriter:
-    """Pre-declares ``layout`` (name -> shape) in ``dtype``; ``write`` fills tensors in any order."""
+    """Pre-declares ``layout`` (name -> shape) in ``dtype`` (or ``dtypes[name]``); ``write`` fills
+    tensors in any order."""
 
-    def __init__(self, path: Path, layout: dict[str, Shape], dtype: torch.dtype) -> None:
-        if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"dtype {dtype} cannot be written")
+    def __init__(
+        self,
+        path: Path,
+        layout: dict[str, Shape],
+        dtype: torch.dtype,
+        dtypes: Mapping[str, torch.dtype] | None = None,
+    ) -> None:
         self.path = path
         self.dtype = dtype
         self._shapes = dict(layout)
+        self._dtypes = {name: (dtypes or {}).get(name, dtype) for name in layout}
+        for d in {dtype, *self._dtypes.values()}:
+            if d not in _ST_DTYPES:
+                raise CheckpointError(f"dtype {d} cannot be written")
         self._offsets: dict[str, int] = {}
-        itemsize = torch.empty((), dtype=dtype).element_size()
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         pos = 0
         for name, shape in layout.items():
-            nbytes = itemsize * _numel(shape)
+            nbytes = torch.empty((), dtype=self._dtypes[name]).element_size() * _numel(shape)
             header[name] = {
-                "dtype": _ST_DTYPES[dtype],
+                "dtype": _ST_DTYPES[self._dtypes[name]],
                 "shape": list(shape),
                 "data_offsets": [pos, pos + nbytes],
             }
@@ -67,7 +77,7 @@ class StreamingSafetensorsWriter:
         if name not in self._pending:
             raise CheckpointError(f"{self.path.name}: tensor {name} written twice")
         assert self._file is not None, "writer is closed"
-        data = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
+        data = tensor.detach().to(device="cpu", dtype=self._dtypes[name]).contiguous()
         self._file.seek(self._data_start + self._offsets[name])
         # A uint8 view shares memory: no second copy of the tensor is made.
         self._file.write(data.view(torch.uint8).reshape(-1).numpy().data)

@@ -16,13 +16,16 @@ from pitcrew_builder.checkpoint import (
     CheckpointConfig,
     CheckpointError,
     MappingConfig,
+    QuantConfig,
     embedding_shapes,
     final_shapes,
+    is_scale,
     layer_shapes,
     rank_file,
     rank_of,
     validate_checkpoint,
 )
+from pitcrew_builder.convert.quantize import dequantize_fp8
 from pitcrew_builder.convert.sharding import unshard_embeddings, unshard_final, unshard_layer
 from pitcrew_builder.convert.source import ModelSource, Tensors
 
@@ -33,16 +36,23 @@ class TrtllmSource(ModelSource):
     def __init__(self, ckpt_dir: Path, *, validate: bool = True) -> None:
         self.dir = ckpt_dir
         self.stored = validate_checkpoint(ckpt_dir) if validate else _read_checked(ckpt_dir)
-        # As a source it describes the full, unsharded model.
-        self.config = dataclasses.replace(self.stored, mapping=MappingConfig())
+        # As a source it describes the full, unsharded, float model (FP8 weights are dequantized).
+        self.config = dataclasses.replace(self.stored, mapping=MappingConfig(), quantization=QuantConfig())
 
     def _read(self, rank: int, names: list[str]) -> Tensors:
         path = rank_file(self.dir, rank)
         out: Tensors = {}
         with safe_open(str(path), framework="pt") as f:
+            present = set(f.keys())
             for name in names:
+                if is_scale(name):
+                    continue
                 t = f.get_tensor(name)
-                if t.dtype not in _FLOAT_DTYPES:
+                scale_name = name.rpartition(".")[0] + ".weights_scaling_factor"
+                if t.dtype == torch.float8_e4m3fn and scale_name in present:
+                    # FP8Linear weight: x = q * weights_scaling_factor (TRT-LLM dequantize).
+                    t = dequantize_fp8(t, f.get_tensor(scale_name))
+                elif t.dtype not in _FLOAT_DTYPES:
                     raise CheckpointError(
                         f"{path.name}: tensor {name} is {t.dtype}; pre-quantized checkpoints can only be "
                         "passed through unchanged (same tp, pp and dtype)"
@@ -54,7 +64,7 @@ class TrtllmSource(ModelSource):
         cfg = self.stored
         ranks = []
         for t in range(cfg.tp):
-            got = self._read(rank_of(cfg, t, pp_rank), [prefix + n for n in names])
+            got = self._read(rank_of(cfg, t, pp_rank), [prefix + n for n in names if not is_scale(n)])
             ranks.append({n[len(prefix) :]: v for n, v in got.items()})
         return ranks
 

@@ -18,10 +18,19 @@ import torch
 from pitcrew_builder.checkpoint import (
     CONFIG_FILE,
     CheckpointConfig,
+    CheckpointError,
     expected_rank_tensors,
     rank_file,
     rank_of,
+    tensor_dtype,
     write_config,
+)
+from pitcrew_builder.convert.quantize import (
+    CalibrationSet,
+    LayerCalibrator,
+    layer_scales,
+    needs_calibration,
+    quantize_shard,
 )
 from pitcrew_builder.convert.safetensors_stream import StreamingSafetensorsWriter
 from pitcrew_builder.convert.sharding import shard_embeddings, shard_final, shard_layer
@@ -34,6 +43,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
+    "fp8": torch.float8_e4m3fn,
 }
 
 
@@ -46,24 +56,39 @@ def clear_checkpoint_dir(out_dir: Path) -> None:
 
 
 def write_checkpoint(
-    source: ModelSource, config: CheckpointConfig, out_dir: Path, progress: ProgressFn | None = None
+    source: ModelSource,
+    config: CheckpointConfig,
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> CheckpointConfig:
-    """Write ``source`` as ``config`` describes it (mapping, dtype) into ``out_dir``."""
+    """Write ``source`` as ``config`` describes it (mapping, dtype, quantization) into ``out_dir``.
+
+    FP8 weights and FP8/INT8 KV cache need ``calibration`` (see convert.quantize): the scales
+    are measured layer by layer while the layers are written.
+    """
     config.check()
     report = progress or (lambda _msg, _frac: None)
     dtype = TORCH_DTYPES[config.dtype]
     tp, pp = config.tp, config.pp
+    calibrate = needs_calibration(config)
+    if calibrate and calibration is None:
+        raise CheckpointError(
+            "FP8 weights and FP8/INT8 KV cache need calibration data (quantization.calibration)"
+        )
     clear_checkpoint_dir(out_dir)
     with ExitStack() as stack:
-        writers = [
-            stack.enter_context(
-                StreamingSafetensorsWriter(rank_file(out_dir, r), expected_rank_tensors(config, r), dtype)
+        writers = []
+        for r in range(config.mapping.world_size):
+            layout = expected_rank_tensors(config, r)
+            dtypes = {name: TORCH_DTYPES[tensor_dtype(config, name)] for name in layout}
+            writers.append(
+                stack.enter_context(StreamingSafetensorsWriter(rank_file(out_dir, r), layout, dtype, dtypes))
             )
-            for r in range(config.mapping.world_size)
-        ]
         total = config.num_hidden_layers + 2
         report("embeddings", 0.0)
         emb = source.embeddings()
+        calibrator = LayerCalibrator(config, calibration, emb) if calibrate and calibration else None
         for t in range(tp):
             for name, tensor in shard_embeddings(emb, config, t).items():
                 writers[rank_of(config, t, 0)].write(name, tensor)
@@ -72,9 +97,13 @@ def write_checkpoint(
             for local, layer in enumerate(config.layers_of_pp_rank(p)):
                 report(f"layer {layer + 1}/{config.num_hidden_layers}", (layer + 1) / total)
                 full = source.layer(layer)
+                scales = layer_scales(config, full, calibrator.step(full)) if calibrator else {}
                 for t in range(tp):
                     prefix = f"transformer.layers.{local}."
-                    for name, tensor in shard_layer(full, config, t).items():
+                    shard = shard_layer(full, config, t)
+                    if calibrator:
+                        shard = quantize_shard(shard, scales, config)
+                    for name, tensor in shard.items():
                         writers[rank_of(config, t, p)].write(prefix + name, tensor)
                 del full
         report("lm_head", (total - 1) / total)

@@ -163,7 +163,13 @@ PluginDtype = Literal["auto", "float16", "bfloat16", "float32", "disable"]
 
 
 class LoraOptions(ApiModel):
-    enabled: bool = Field(False, description="Build with the LoRA plugin (use_lora_plugin).")
+    """Not supported: kept in the schema only so that a spec using it is refused with a reason."""
+
+    enabled: bool = Field(
+        False,
+        description="Not supported: true is refused (TRT-LLM 1.2 needs real adapter checkpoints, "
+        "LoraConfig.lora_dir, which Pitcrew does not fetch yet).",
+    )
     max_lora_rank: int = Field(64, ge=1, le=1024, description="max_lora_rank (Megatron default 64).")
     target_modules: list[str] = Field(
         default_factory=list, description="lora_target_modules, e.g. attn_qkv, attn_dense, mlp_h_to_4h."
@@ -180,6 +186,12 @@ class BuildOptions(ApiModel):
                     "!has(self.maxSeqLen) || self.maxSeqLen >= self.maxInputLen",
                     "build.maxSeqLen must be at least build.maxInputLen (it is the prompt plus the output)",
                     ".maxSeqLen",
+                ),
+                cel(
+                    "!has(self.lora) || !has(self.lora.enabled) || !self.lora.enabled",
+                    "build.lora is not supported yet: TensorRT-LLM 1.2 builds LoRA engines only from real "
+                    "adapter checkpoints (lora_dir), which Pitcrew does not fetch; remove build.lora",
+                    ".lora.enabled",
                 ),
                 cel(
                     "!has(self.optNumTokens) || !has(self.maxNumTokens) || "
@@ -212,9 +224,15 @@ class BuildOptions(ApiModel):
     gpt_attention_plugin: PluginDtype = Field("auto", description="gpt_attention_plugin dtype.")
     gemm_plugin: PluginDtype = Field("auto", description="gemm_plugin dtype.")
     multiple_profiles: bool = Field(False, description="multiple_profiles (several TensorRT profiles).")
-    reduce_fusion: bool = Field(False, description="reduce_fusion (fused all-reduce; needs tensor > 1).")
+    reduce_fusion: bool = Field(
+        False,
+        description="reduce_fusion (fused all-reduce). TRT-LLM 1.2 applies it only to LlamaForCausalLM "
+        "checkpoints with parallelism.tensor > 1; other cases are refused rather than silently dropped.",
+    )
     use_refit: bool = Field(False, description="use_refit (refittable engine).")
-    lora: LoraOptions = Field(default_factory=LoraOptions, description="LoRA plugin options.")
+    lora: LoraOptions = Field(
+        default_factory=LoraOptions, description="Not supported (enabled: true is refused with the reason)."
+    )
     max_prompt_embedding_table_size: int = Field(
         0, ge=0, description="max_prompt_embedding_table_size (p-tuning); 0 turns it off."
     )

@@ -1,4 +1,5 @@
-"""CONTRACT DOUBLE of tensorrt_llm.builder: BuildConfig.from_dict, EngineConfig, Engine.save."""
+"""CONTRACT DOUBLE of tensorrt_llm.builder: BuildConfig (constructed with keyword fields), EngineConfig,
+Engine.save."""
 
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ OPTIONAL: dict[str, Any] = {
     "weight_streaming": False,
     "use_strip_plan": False,
 }
-# Keys Megatron puts in the dict that from_dict reads elsewhere or ignores.
-TOLERATED = frozenset({"multiple_profiles", "max_output_len", "builder_opt", "use_fused_mlp"})
 _BOOLS = {
     "gather_context_logits",
     "gather_generation_logits",
@@ -65,34 +64,27 @@ class BuildConfig:
     lora_config: LoraConfig = field(default_factory=LoraConfig)
     plugin_config: PluginConfig = field(default_factory=PluginConfig)
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any], plugin_config: PluginConfig | None = None) -> BuildConfig:
-        config = dict(config)
-        missing = [k for k in REQUIRED if k not in config]
-        if missing:
-            raise KeyError(missing[0])
-        unknown = set(config) - set(REQUIRED) - set(OPTIONAL) - TOLERATED
-        if unknown:
-            raise ContractViolation(f"BuildConfig.from_dict does not read {sorted(unknown)}")
+    def __post_init__(self) -> None:
+        # What 1.2.x's pydantic BuildConfig validates at construction (types and ranges).
         for k in ("max_input_len", "max_seq_len", "max_batch_size", "max_beam_width", "max_num_tokens"):
-            if not isinstance(config[k], int) or config[k] <= 0:
-                raise ContractViolation(f"{k}={config[k]!r}: expected a positive int")
-        if (
-            config["opt_num_tokens"] is not None
-            and not 0 < config["opt_num_tokens"] <= config["max_num_tokens"]
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ContractViolation(f"{k}={v!r}: expected a positive int")
+        if self.opt_num_tokens is not None and not (
+            isinstance(self.opt_num_tokens, int) and self.opt_num_tokens > 0
         ):
-            raise ContractViolation(f"opt_num_tokens={config['opt_num_tokens']} outside (0, max_num_tokens]")
-        if config["max_seq_len"] < config["max_input_len"]:
+            raise ContractViolation(
+                f"opt_num_tokens={self.opt_num_tokens!r}: expected a positive int or None"
+            )
+        if self.max_seq_len < self.max_input_len:
             raise ContractViolation("max_seq_len < max_input_len")
-        for k in _BOOLS & set(config):
-            if not isinstance(config[k], bool):
-                raise ContractViolation(f"{k}={config[k]!r}: expected bool")
-        if plugin_config is not None and not isinstance(plugin_config, PluginConfig):
+        for k in _BOOLS:
+            if not isinstance(getattr(self, k), bool):
+                raise ContractViolation(f"{k}={getattr(self, k)!r}: expected bool")
+        if not isinstance(self.plugin_config, PluginConfig):
             raise ContractViolation("plugin_config must be a PluginConfig")
-        kwargs = {k: config.get(k, OPTIONAL.get(k)) for k in (*REQUIRED, *OPTIONAL)}
-        if kwargs["output_timing_cache"] is None:
-            kwargs["output_timing_cache"] = "model.cache"
-        return cls(**kwargs, plugin_config=plugin_config or PluginConfig())
+        if self.output_timing_cache is None:
+            raise ContractViolation("output_timing_cache=None: the build would write ./model.cache")
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (*REQUIRED, *OPTIONAL)}
