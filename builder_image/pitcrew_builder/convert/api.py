@@ -205,6 +205,9 @@ class _TruncatedVocab(ModelSource):
         out["lm_head.weight"] = out["lm_head.weight"][: self.config.vocab_size]
         return out
 
+    def activation_amax(self, index: int) -> dict[str, float]:
+        return self.inner.activation_amax(index)
+
     def close(self) -> None:
         self.inner.close()
 
@@ -234,6 +237,9 @@ class _ZeroBiases(ModelSource):
 
     def final(self) -> dict[str, Any]:
         return self.inner.final()
+
+    def activation_amax(self, index: int) -> dict[str, float]:
+        return self.inner.activation_amax(index)
 
     def close(self) -> None:
         self.inner.close()

@@ -35,6 +35,12 @@ class ModelSource(abc.ABC):
     def final(self) -> Tensors:
         """``transformer.ln_f.*`` and ``lm_head.weight``."""
 
+    def activation_amax(self, index: int) -> dict[str, float]:
+        """Activation ranges recorded in the source for layer ``index`` (TRT-LLM linear name ->
+        max|input|), e.g. Transformer Engine's FP8 state (``te_fp8``); they take precedence over
+        calibrated ones. The default records none."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files; the default has nothing to release."""
 

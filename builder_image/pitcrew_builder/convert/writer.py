@@ -97,7 +97,11 @@ def write_checkpoint(
             for local, layer in enumerate(config.layers_of_pp_rank(p)):
                 report(f"layer {layer + 1}/{config.num_hidden_layers}", (layer + 1) / total)
                 full = source.layer(layer)
-                scales = layer_scales(config, full, calibrator.step(full)) if calibrator else {}
+                scales: dict[str, torch.Tensor] = {}
+                if calibrator:
+                    # Ranges the training run recorded (TE FP8 state) win over calibrated ones.
+                    amax = {**calibrator.step(full), **source.activation_amax(layer)}
+                    scales = layer_scales(config, full, amax)
                 for t in range(tp):
                     prefix = f"transformer.layers.{local}."
                     shard = shard_layer(full, config, t)
