@@ -8,7 +8,7 @@ export PITCREW_CACHE_DIR ?= $(HOME)/.cache/pitcrew
 # The slowest tests are listed at the end of every run.
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: demo test down lint tools crds venv clean
+.PHONY: demo test down lint tools crds venv clean node-deps
 
 $(STAMP): pyproject.toml devcluster/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -22,6 +22,11 @@ venv: $(STAMP)
 # Cached under $(PITCREW_CACHE_DIR)/bin keyed by version: the first run takes 20-30 min.
 tools:
 	bash hack/build-tools.sh
+
+# containerd, runc, CNI plugins, busybox-static, mmdebstrap, podman (apt-get, as root) for the real
+# node (`python -m pitcrew_devcluster up --node real`); without them its tests are skipped.
+node-deps:
+	@bash hack/install-node-deps.sh || echo "make: real-node packages missing; tests/e2e/test_real_node.py will be skipped"
 
 crds: venv
 	$(PY) -m pitcrew.api.crdgen
@@ -38,7 +43,7 @@ down:
 	@pid=$${PITCREW_STATE_DIR:-.pitcrew/devcluster}/operator.pid; if [ -f $$pid ]; then kill $$(cat $$pid) 2>/dev/null || true; rm -f $$pid; fi
 	@if [ -x $(PY) ]; then $(PY) -m pitcrew_devcluster down; else echo "nothing to stop"; fi
 
-test: venv tools lint
+test: venv tools node-deps lint
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: down

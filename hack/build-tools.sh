@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler), kwok, MinIO and helm from Go modules through the module proxy.
+# kube-scheduler), the kubelet of the real node, kwok, MinIO and helm from Go modules through the
+# module proxy.
 # Binaries are cached outside the repo, one folder per component and version; a second run
 # only checks that they are there. Usage: hack/build-tools.sh [--print] [component ...]
 # --print only prints the name=dir lines (built or not; a built folder holds a .complete file).
@@ -19,8 +20,11 @@ LOGS=$CACHE/logs
 mkdir -p "$CACHE/bin" "$LOGS"
 
 # Two runs at once (a demo and a test run) would clobber each other's half-built folders.
-exec 9>"$CACHE/.build.lock"
-flock 9
+# --print reads nothing a build writes, so it does not wait for a running build.
+if [ $PRINT_ONLY = 0 ]; then
+  exec 9>"$CACHE/.build.lock"
+  flock 9
+fi
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 
@@ -51,28 +55,41 @@ step() {
   echo "build-tools: $name built in $((SECONDS - start)) s" >&2
 }
 
-build_kubernetes() {
-  local out; out=$(bindir kubernetes "$K8S_VERSION")
-  cached "$out" kube-apiserver kube-controller-manager kube-scheduler && return 0
-  local mod=$CACHE/gomod/kubernetes-$K8S_VERSION
+# A module that builds k8s.io/kubernetes commands ($3..) of $K8S_VERSION into the folder of
+# component $1, with $2 as the go module's name.
+k8s_module_build() {
+  local component=$1 modname=$2; shift 2
+  local out; out=$(bindir "$component" "$K8S_VERSION")
+  local mod=$CACHE/gomod/$component-$K8S_VERSION
   rm -rf "$mod" "$out"; mkdir -p "$mod" "$out"
-  _k8s() {
-    cd "$mod"
-    go mod init pitcrew.dev/tools/kubernetes
-    local gomod; gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-    # k8s.io/kubernetes replaces its staging modules with ./staging paths, which a consumer
-    # ignores; map each one to the published module of the same release (v1.M.P -> v0.M.P).
-    local staging="v0.${K8S_VERSION#v1.}"
-    grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$gomod" | awk '{print $1}' | sort -u |
-      while read -r m; do go mod edit -replace "$m=$m@$staging"; done
-    go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-    printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n)\n' > tools.go
-    go mod tidy
-    local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-    go build -trimpath -ldflags "$ld" -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
-    touch "$out/.complete"
-  }
-  step "kubernetes-$K8S_VERSION" _k8s
+  cd "$mod"
+  go mod init "$modname"
+  local gomod; gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  # k8s.io/kubernetes replaces its staging modules with ./staging paths, which a consumer
+  # ignores; map each one to the published module of the same release (v1.M.P -> v0.M.P).
+  local staging="v0.${K8S_VERSION#v1.}"
+  grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$gomod" | awk '{print $1}' | sort -u |
+    while read -r m; do go mod edit -replace "$m=$m@$staging"; done
+  go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
+  { printf 'package tools\n\nimport (\n'; for c in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' "$c"; done; printf ')\n'; } > tools.go
+  go mod tidy
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  local pkgs=(); for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  go build -trimpath -ldflags "$ld" -o "$out/" "${pkgs[@]}"
+  touch "$out/.complete"
+}
+
+build_kubernetes() {
+  cached "$(bindir kubernetes "$K8S_VERSION")" kube-apiserver kube-controller-manager kube-scheduler && return 0
+  step "kubernetes-$K8S_VERSION" k8s_module_build kubernetes pitcrew.dev/tools/kubernetes \
+    kube-apiserver kube-controller-manager kube-scheduler
+}
+
+# The real node's kubelet: same module and release as the control plane (its own folder, so the
+# control plane's cache stays valid; with that build's Go cache warm it takes about a minute).
+build_kubelet() {
+  cached "$(bindir kubelet "$K8S_VERSION")" kubelet && return 0
+  step "kubelet-$K8S_VERSION" k8s_module_build kubelet pitcrew.dev/tools/kubelet kubelet
 }
 
 build_etcd() {
@@ -144,11 +161,11 @@ locked() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes minio kwok helm)
+[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes kubelet minio kwok helm)
 for c in "${components[@]}"; do
   case $c in
-    etcd|kubernetes|kwok|minio|helm) [ $PRINT_ONLY = 1 ] || locked "$c" "build_$c" ;;
-    *) die "unknown component '$c' (choose from: etcd kubernetes minio kwok helm)" ;;
+    etcd|kubernetes|kubelet|kwok|minio|helm) [ $PRINT_ONLY = 1 ] || locked "$c" "build_$c" ;;
+    *) die "unknown component '$c' (choose from: etcd kubernetes kubelet minio kwok helm)" ;;
   esac
 done
 # The paths, one per line, for whoever starts the components.
@@ -156,6 +173,7 @@ for c in "${components[@]}"; do
   case $c in
     etcd) echo "etcd=$(bindir etcd "$ETCD_VERSION")" ;;
     kubernetes) echo "kubernetes=$(bindir kubernetes "$K8S_VERSION")" ;;
+    kubelet) echo "kubelet=$(bindir kubelet "$K8S_VERSION")" ;;
     kwok) echo "kwok=$(bindir kwok "$KWOK_VERSION")" ;;
     minio) echo "minio=$(bindir minio "$MINIO_VERSION")" ;;
     helm) echo "helm=$(bindir helm "$HELM_VERSION")" ;;

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", parents=[common], help="start everything; refused if already running")
     d = cluster.UpOptions()
+    u.add_argument(
+        "--node",
+        choices=cluster.NODE_KINDS,
+        default=d.node,
+        help="process: pods run as host processes (default); real: kubelet + containerd + runc "
+        "(root, Debian packages from hack/install-node-deps.sh)",
+    )
     u.add_argument("--node-name", default=d.node_name)
     u.add_argument("--gpus", type=int, default=d.gpus, help="nvidia.com/gpu capacity of the local node")
     u.add_argument("--gpu-product", default=d.gpu_product, help="nvidia.com/gpu.product label")
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             info = cluster.up(
                 cluster.UpOptions(
                     state_dir=state_dir,
+                    node=args.node,
                     node_name=args.node_name,
                     gpus=args.gpus,
                     gpu_product=args.gpu_product,

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "etcd": ("etcd",),
     "kubernetes": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+    "kubelet": ("kubelet",),
     "minio": ("minio",),
     "kwok": ("kwok",),
 }

@@ -34,6 +34,9 @@ class Credentials:
     sa_pub: Path
     token_file: Path
     admin_token: str
+    # The API server's client certificate for kubelets (logs, exec), in group system:masters.
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -97,12 +100,36 @@ def generate(directory: Path) -> Credentials:
         "extendedKeyUsage=serverAuth",
         cwd=d,
     )
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "kubelet-client.key",
+        "-out",
+        "kubelet-client.crt",
+        "-days",
+        "3650",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-subj",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        "-addext",
+        "extendedKeyUsage=clientAuth",
+        cwd=d,
+    )
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
     admin_token = secrets.token_hex(24)
     token_file = d / "tokens.csv"
     token_file.write_text(token_line(admin_token, "admin", "admin", ["system:masters"]) + "\n")
-    for name in ("ca.key", "serving.key", "sa.key", "tokens.csv"):
+    for name in ("ca.key", "serving.key", "sa.key", "tokens.csv", "kubelet-client.key"):
         (d / name).chmod(0o600)
     return Credentials(
         ca_cert=d / "ca.crt",
@@ -113,4 +140,6 @@ def generate(directory: Path) -> Credentials:
         sa_pub=d / "sa.pub",
         token_file=token_file,
         admin_token=admin_token,
+        kubelet_client_cert=d / "kubelet-client.crt",
+        kubelet_client_key=d / "kubelet-client.key",
     )

@@ -15,7 +15,20 @@ from typing import Any
 
 import requests
 
-from . import binaries, certs, controlplane, kubeconfig, kwok, ports, procs, readiness, s3server, state
+from . import (
+    binaries,
+    certs,
+    controlplane,
+    images,
+    kubeconfig,
+    kwok,
+    ports,
+    procs,
+    readiness,
+    realnode,
+    s3server,
+    state,
+)
 from .errors import DevclusterError
 from .info import ClusterInfo
 from .kubeapi import ApiError, KubeClient
@@ -24,11 +37,12 @@ from .procs import Proc
 
 Running = list[tuple[Proc, subprocess.Popen[bytes] | None]]
 
-# Stopped stage by stage: the local node first (on SIGTERM it stops its pods), then the API
-# server's clients, then the API server while etcd still answers (else it hangs in shutdown).
+# Stopped stage by stage: the node first (the local node stops its pods on SIGTERM; the real node's
+# containers are killed through containerd right after its kubelet stops), then the API server's
+# clients, then the API server while etcd still answers (else it hangs in shutdown).
 STOP_ORDER = (
-    ("localnode",),
-    ("kwok", "kube-controller-manager", "kube-scheduler", "minio"),
+    ("localnode", "kubelet"),
+    ("kwok", "kube-controller-manager", "kube-scheduler", "minio", "containerd"),
     ("kube-apiserver",),
     ("etcd",),
 )
@@ -46,7 +60,9 @@ class UpOptions:
     gpu_product: str = "NVIDIA-A100-SXM4-80GB"
     compute_capability: str = "8.0"
     gpu_memory_mib: int = 81920
-    # What the local node advertises to the scheduler (not enforced; it runs pods as processes).
+    # "process": the local node runs pods as host processes; "real": kubelet + containerd + runc.
+    node: str = "process"
+    # What the node advertises to the scheduler (the process node does not enforce it).
     node_cpu: str = "32"
     node_memory: str = "256Gi"
     s3: bool = True
@@ -102,6 +118,31 @@ def _localnode_config(
     }
 
 
+NODE_KINDS = ("process", "real")
+
+
+def _real_network(st: state.State | None) -> realnode.Network | None:
+    index = ((st.info if st else {}).get("realnode") or {}).get("bridge_index")
+    return realnode.Network(int(index)) if index is not None else None
+
+
+def _stop(st: state.State, sd: Path, grace: float) -> list[str]:
+    """Stops every recorded process stage by stage, and the real node's containers, network and
+    mounts; returns the names of processes that had to be SIGKILLed."""
+    killed: list[str] = []
+    layout = realnode.Layout.of(sd)
+    left = realnode.Leftovers()
+    for i, stage in enumerate(STOP_ORDER):
+        killed += procs.stop_all([pr for pr in st.procs if pr.name in stage], grace=grace)
+        if i == 0 and layout.base.exists():
+            left = realnode.stop_containers(layout)  # containerd still runs, the kubelet is gone
+    killed += procs.stop_all([pr for pr in st.procs if not any(pr.name in s for s in STOP_ORDER)])
+    network = _real_network(st)
+    if network is not None or layout.base.exists():
+        realnode.cleanup(layout, network, left)
+    return killed
+
+
 def _fresh(sd: Path) -> None:
     # Each `up` starts from an empty etcd and no pods; S3 data persists (like a real bucket) until
     # `down --purge`.
@@ -126,6 +167,7 @@ def up(opts: UpOptions) -> ClusterInfo:
                     f"stop it (`{cli} down`) or pick another state dir (PITCREW_STATE_DIR)"
                 )
             opts.say(f"removing stale state of a devcluster that is no longer running in {sd}")
+            _stop(prev, sd, grace=3)
             kill_pod_processes(sd)
             prev.path.unlink()
         return _up(opts, sd)
@@ -133,9 +175,18 @@ def up(opts: UpOptions) -> ClusterInfo:
 
 def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
     t0 = time.monotonic()
+    if opts.node not in NODE_KINDS:
+        raise DevclusterError(f"node {opts.node!r}: choose one of {', '.join(NODE_KINDS)}")
+    real = opts.node == "real"
+    layout = realnode.Layout.of(sd)
+    gpu = realnode.GpuModel(opts.gpu_product, opts.compute_capability, opts.gpus, opts.gpu_memory_mib)
+    if real:
+        realnode.check_host(layout)
+        gpu.labels()  # validates the compute capability before anything starts
     components = [
         "etcd",
         "kubernetes",
+        *(["kubelet"] if real else []),
         *(["minio"] if opts.s3 else []),
         *(["kwok"] if opts.kwok_nodes else []),
     ]
@@ -145,7 +196,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         ports.require_free(opts.apiserver_port, "kube-apiserver")
     if opts.s3 and opts.s3_port is not None:
         ports.require_free(opts.s3_port, "minio")
-    free = ports.pick_free_ports(9)
+    free = ports.pick_free_ports(11)
     p = controlplane.Ports(
         etcd_client=free[0],
         etcd_peer=free[1],
@@ -154,6 +205,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         scheduler=free[4],
     )
     s3_port, console_port, kwok_port, log_port = opts.s3_port or free[5], free[6], free[7], free[8]
+    kubelet_port, kubelet_healthz = free[9], free[10]
 
     _fresh(sd)
     logs = sd / "logs"
@@ -169,9 +221,11 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         ca_file=creds.ca_cert,
         node_name=opts.node_name,
         s3=s3,
+        node=opts.node,
     )
     st = state.State(state_dir=sd, info=info.to_json())
     running: Running = []
+    network: realnode.Network | None = None
 
     def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         proc, popen = procs.launch(name, argv, logs / f"{name}.log", env=env, cwd=sd)
@@ -187,7 +241,20 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         return logs / f"{name}.log"
 
     try:
-        # Phase 1, in parallel: etcd, apiserver (it retries etcd until it answers), MinIO.
+        if real:
+            network = realnode.create_network()
+            info = dataclasses.replace(info, pod_host=network.gateway)
+            st.info = {**info.to_json(), "realnode": {"bridge_index": network.index}}
+            st.save()  # recorded before anything else, so `down` removes the bridge
+            realnode.prepare(
+                layout,
+                network,
+                sandbox_image=images.PAUSE_IMAGE,
+                kubelet_cfg=realnode.kubelet_config(
+                    layout, network, port=kubelet_port, healthz_port=kubelet_healthz, ca_file=creds.ca_cert
+                ),
+            )
+        # Phase 1, in parallel: etcd, apiserver (it retries etcd until it answers), MinIO, containerd.
         start("etcd", controlplane.etcd(bins, p, sd / "etcd"))
         start("kube-apiserver", controlplane.apiserver(bins, p, creds, sd / "apiserver-certs"))
         checks = [
@@ -208,18 +275,50 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         if s3 is not None:
             s3dir = sd / "s3"
             s3dir.mkdir(exist_ok=True)
-            start("minio", s3server.argv(bins, s3dir, s3_port, console_port), env=s3server.env(s3))
+            host = "0.0.0.0" if real else ports.LOOPBACK  # the real node's pods come via their gateway
+            start("minio", s3server.argv(bins, s3dir, s3_port, console_port, host), env=s3server.env(s3))
             checks.append(readiness.Check("minio", lambda: s3server.live(s3), log_of("minio")))
+        if real:
+            start("containerd", realnode.containerd_argv(layout))
+            checks.append(
+                readiness.Check("containerd", lambda: realnode.containerd_ready(layout), log_of("containerd"))
+            )
         readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
+        if real:
+            have = realnode.image_names(layout)
+            for spec, archive in zip(
+                specs := images.node_images(),
+                images.write_archives(layout.images, images.node_images()),
+                strict=True,
+            ):
+                if spec.name not in have:
+                    realnode.import_archive(layout, archive)
+            ready(f"images {', '.join(s.name for s in specs)}", 0)
 
         # Phase 2, in parallel: everything that needs a serving apiserver.
         kcm_url = f"https://{ports.LOOPBACK}:{p.controller_manager}/healthz"
         sched_url = f"https://{ports.LOOPBACK}:{p.scheduler}/healthz"
         start("kube-controller-manager", controlplane.controller_manager(bins, p, creds, kcfg))
         start("kube-scheduler", controlplane.scheduler(bins, p, creds, kcfg))
-        node_cfg = sd / "localnode.json"
-        node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
-        start("localnode", [sys.executable, "-m", "pitcrew_devcluster.localnode", "--config", str(node_cfg)])
+        if network is not None:
+            start(
+                "kubelet",
+                realnode.kubelet_argv(
+                    bins.path("kubelet"),
+                    layout,
+                    network,
+                    node_name=opts.node_name,
+                    kubeconfig=kcfg,
+                    labels={"pitcrew.dev/node": "real", **gpu.labels()},
+                ),
+            )
+        else:
+            node_cfg = sd / "localnode.json"
+            node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
+            start(
+                "localnode", [sys.executable, "-m", "pitcrew_devcluster.localnode", "--config", str(node_cfg)]
+            )
+        node_proc = "kubelet" if real else "localnode"
         if opts.kwok_nodes:
             start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok", bins)))
         client = info.client()
@@ -233,7 +332,12 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
                 "kube-scheduler", lambda: _get_ok(sched_url, creds.ca_cert), log_of("kube-scheduler")
             ),
             readiness.Check(
-                f"node {opts.node_name}", lambda: node_ready(client, opts.node_name), log_of("localnode")
+                f"node {opts.node_name}",
+                lambda: (
+                    node_ready(client, opts.node_name)
+                    and (not real or _finish_real_node(client, opts.node_name, gpu))
+                ),
+                log_of(node_proc),
             ),
         ]
         if s3 is not None:
@@ -268,17 +372,31 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
                 timeout=opts.timeout,
                 on_ready=ready,
             )
-        st.info = info.to_json()
+        st.info = {**info.to_json(), **({"realnode": {"bridge_index": network.index}} if network else {})}
         st.save()
     except BaseException:
         # Never leave half a cluster behind: stop what we started, keep the logs.
-        for stage in STOP_ORDER:
-            procs.stop_all([pr for pr in st.procs if pr.name in stage], grace=3)
+        _stop(st, sd, grace=3)
         kill_pod_processes(sd)
         st.path.unlink(missing_ok=True)
         raise
     opts.say(f"up in {time.monotonic() - t0:.1f} s; state in {sd}")
     return info
+
+
+def _finish_real_node(client: KubeClient, name: str, gpu: realnode.GpuModel) -> bool:
+    """Once the kubelet registered the node: lifts the not-ready taint (admission adds it to new
+    nodes and no node lifecycle controller runs to remove it) and adds the nvidia.com/gpu extended
+    resource to its status. True when both show."""
+    node = client.get(f"/api/v1/nodes/{name}")
+    taints = node.get("spec", {}).get("taints") or []
+    kept = [t for t in taints if t.get("key") != realnode.NOT_READY_TAINT]
+    if kept != taints:
+        client.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": kept or None}})
+    if node.get("status", {}).get("allocatable", {}).get("nvidia.com/gpu") != str(gpu.count):
+        client.patch(f"/api/v1/nodes/{name}/status", realnode.gpu_status_patch(gpu))
+        return False
+    return kept == taints
 
 
 def add_kwok_nodes(
@@ -402,11 +520,7 @@ def down(state_dir: Path | None = None, *, purge: bool = False, say: Callable[[s
         st = state.load(sd)
         was_running = bool(st and st.live())
         if st is not None:
-            killed = []
-            for stage in STOP_ORDER:
-                group = [pr for pr in st.procs if pr.name in stage]
-                killed += procs.stop_all(group, grace=10)
-            killed += procs.stop_all([pr for pr in st.procs if not any(pr.name in s for s in STOP_ORDER)])
+            killed = _stop(st, sd, grace=10)
             if killed:
                 say(f"had to SIGKILL: {', '.join(killed)}")
             st.path.unlink(missing_ok=True)

@@ -70,8 +70,11 @@ def apiserver(bins: Binaries, ports: Ports, creds: Credentials, cert_dir: Path) 
         f"--service-account-signing-key-file={creds.sa_key}",
         # Flow control only adds latency and memory for a single-user test cluster.
         "--enable-priority-and-fairness=false",
-        # `kubectl logs` goes to the node's InternalIP (127.0.0.1); its Hostname does not resolve.
+        # `kubectl logs` goes to the node's InternalIP (127.0.0.1, or the real node's bridge address);
+        # its Hostname does not resolve.
         "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={creds.kubelet_client_cert}",
+        f"--kubelet-client-key={creds.kubelet_client_key}",
         "--profiling=false",
     ]
 

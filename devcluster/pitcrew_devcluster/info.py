@@ -33,6 +33,10 @@ class ClusterInfo:
     node_name: str
     s3: S3Info | None = None
     kwok_nodes: tuple[str, ...] = field(default_factory=tuple)
+    # "process" (the local node runs pods as processes) or "real" (kubelet + containerd).
+    node: str = "process"
+    # The host's address as pods see it: loopback for process pods, the bridge gateway on the real node.
+    pod_host: str = "127.0.0.1"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,8 @@ class ClusterInfo:
             "node_name": self.node_name,
             "s3": self.s3.to_json() if self.s3 else None,
             "kwok_nodes": list(self.kwok_nodes),
+            "node": self.node,
+            "pod_host": self.pod_host,
         }
 
     @classmethod
@@ -57,7 +63,16 @@ class ClusterInfo:
             node_name=d["node_name"],
             s3=S3Info.from_json(d["s3"]) if d.get("s3") else None,
             kwok_nodes=tuple(d.get("kwok_nodes", ())),
+            node=d.get("node", "process"),
+            pod_host=d.get("pod_host", "127.0.0.1"),
         )
+
+    def pod_s3_endpoint(self) -> str:
+        """The S3 endpoint as a pod on the cluster's node reaches it (MinIO on the host)."""
+        if self.s3 is None:
+            raise RuntimeError("this devcluster runs without S3 (started with --no-s3)")
+        port = self.s3.endpoint.rsplit(":", 1)[1]
+        return f"http://{self.pod_host}:{port}"
 
     def env(self) -> dict[str, str]:
         """Environment for clients: KUBECONFIG, AWS_* and PITCREW_S3_* (as `devcluster env` prints)."""

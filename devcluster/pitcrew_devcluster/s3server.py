@@ -71,13 +71,14 @@ def credentials(bucket: str, port: int) -> S3Info:
     )
 
 
-def argv(bins: Binaries, data_dir: Path, port: int, console_port: int) -> list[str]:
+def argv(bins: Binaries, data_dir: Path, port: int, console_port: int, host: str = LOOPBACK) -> list[str]:
+    """MinIO's command line; `host` 0.0.0.0 lets pods of the real node reach it via their gateway."""
     return [
         str(bins.path("minio")),
         "server",
         str(data_dir),
         "--address",
-        f"{LOOPBACK}:{port}",
+        f"{host}:{port}",
         "--console-address",
         f"{LOOPBACK}:{console_port}",
         "--quiet",
