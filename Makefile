@@ -8,7 +8,7 @@ export PITCREW_CACHE_DIR ?= $(HOME)/.cache/pitcrew
 # The slowest tests are listed at the end of every run.
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: demo test down lint tools crds venv clean node-deps
+.PHONY: demo test down lint tools crds venv megatron-venv clean node-deps
 
 $(STAMP): pyproject.toml devcluster/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -17,6 +17,20 @@ $(STAMP): pyproject.toml devcluster/pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+
+# A second venv with megatron-core (Python >= 3.12) in which tests write real Megatron checkpoints.
+MEGATRON_VENV := .venv-megatron
+MEGATRON_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+MEGATRON_STAMP := $(MEGATRON_VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+$(MEGATRON_STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -n "$(MEGATRON_PYTHON)" || { echo "megatron-venv needs python3.12 (set MEGATRON_PYTHON)"; exit 1; }
+	@test -x $(MEGATRON_VENV)/bin/python || uv venv --quiet --python $(MEGATRON_PYTHON) $(MEGATRON_VENV)
+	uv pip install --quiet --python $(MEGATRON_VENV)/bin/python '.[megatron]'
+	@rm -f $(MEGATRON_VENV)/.installed-* && touch $@
+
+megatron-venv: $(MEGATRON_STAMP)
 
 # Real etcd, kube-apiserver, controller-manager, scheduler, kwok and MinIO from Go modules.
 # Cached under $(PITCREW_CACHE_DIR)/bin keyed by version: the first run takes 20-30 min.
@@ -43,8 +57,8 @@ down:
 	@pid=$${PITCREW_STATE_DIR:-.pitcrew/devcluster}/operator.pid; if [ -f $$pid ]; then kill $$(cat $$pid) 2>/dev/null || true; rm -f $$pid; fi
 	@if [ -x $(PY) ]; then $(PY) -m pitcrew_devcluster down; else echo "nothing to stop"; fi
 
-test: venv tools node-deps lint
+test: venv megatron-venv tools node-deps lint
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: down
-	rm -rf $(VENV) .pitcrew
+	rm -rf $(VENV) $(MEGATRON_VENV) .pitcrew

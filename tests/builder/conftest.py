@@ -6,6 +6,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, builder_env: dict[str, str]) -> N
 def copy_tree(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def megatron_saved(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]:
+    """Tiny GPT / LLaMA-style models saved by megatron-core itself (megatron_real.py), once per session."""
+    from megatron_real import saved_checkpoints
+
+    return saved_checkpoints(tmp_path_factory.mktemp("megatron-real"))

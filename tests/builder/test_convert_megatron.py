@@ -1,7 +1,15 @@
-"""Megatron-core checkpoints (legacy per-rank files and torch_dist) -> TRT-LLM checkpoint.
+"""Megatron-core layouts that megatron-core on this machine cannot write -> TRT-LLM checkpoint.
 
-The Megatron checkpoints are written from tiny Hugging Face models by the independent layout code
-in tiny_models.py, so Hugging Face's own forward pass is the independent check of the logits.
+Checkpoints Megatron itself writes (legacy and torch_dist, tp1/tp2/pp2, GPT and LLaMA-style) are
+tested in test_convert_megatron_real.py against Megatron's own logits. The hand-written writer in
+tiny_models.py stays only for what megatron-core cannot produce here, checked against Hugging
+Face's forward pass:
+
+- tp2 x pp2 (4 processes; too slow for 2 cores) and unstacked torch_dist tensors;
+- torch_dist with ``common.pt`` (megatron-core <= 0.18 wrote one; 0.19 does not);
+- Transformer Engine's fused norm names (``linear_qkv.layer_norm_weight``) and zero-centred gamma
+  (``apply_layernorm_1p``): both need Transformer Engine or Apex, which do not run on a CPU;
+- checkpoints without saved args (Megatron always saves them; a plan may still give them).
 """
 
 from __future__ import annotations

@@ -32,6 +32,33 @@ def _required(args: dict[str, Any], name: str) -> Any:
     return args[name]
 
 
+def rotary_scaling(args: dict[str, Any]) -> dict[str, Any] | None:
+    """TRT-LLM's ``rotary_scaling`` for Megatron's rope options.
+
+    ``--rotary-seq-len-interpolation-factor F`` divides positions by F (Megatron's RotaryEmbedding),
+    which is TRT-LLM's linear scaling with factor F; ``--use-rope-scaling`` is llama3 scaling with
+    Megatron's fixed low/high frequency factors 1 and 4 and original context 8192.
+    """
+    interp = args.get("rotary_seq_len_interpolation_factor")
+    llama3 = bool(args.get("use_rope_scaling") or args.get("rope_scaling"))
+    if interp not in (None, 1) and llama3:
+        raise CheckpointError(
+            "Megatron use_rope_scaling together with rotary_seq_len_interpolation_factor is not "
+            "supported (TensorRT-LLM applies one rotary scaling)"
+        )
+    if interp not in (None, 1):
+        return {"type": "linear", "factor": float(interp)}
+    if llama3:
+        return {
+            "type": "llama3",
+            "factor": float(_get(args, "rope_scaling_factor", default=8.0)),
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+    return None
+
+
 def megatron_model(args: dict[str, Any], vocab_rows: int) -> MegatronModel:
     """Interpret Megatron args; ``vocab_rows`` is the (padded) embedding row count in the weights."""
     hidden = int(_required(args, "hidden_size"))
@@ -67,15 +94,7 @@ def megatron_model(args: dict[str, Any], vocab_rows: int) -> MegatronModel:
         else:
             act = "gelu"  # TRT-LLM's gelu is the tanh form; Megatron's default is erf (tiny difference)
     bias_linear = bool(_get(args, "add_bias_linear", default=True))
-    scaling = None
-    if args.get("use_rope_scaling") or args.get("rope_scaling"):
-        scaling = {
-            "type": "llama3",
-            "factor": float(_get(args, "rope_scaling_factor", default=8.0)),
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        }
+    scaling = rotary_scaling(args)
     vocab = int(_get(args, "padded_vocab_size", default=vocab_rows))
     config = CheckpointConfig(
         architecture=arch,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pitcrew_builder.checkpoint import CheckpointError
-from pitcrew_builder.convert.torch_load import args_dict, load_pt
+from pitcrew_builder.convert.torch_load import args_dict, load_pt, load_pt_bytes
 
 if TYPE_CHECKING:  # importing torch.distributed.checkpoint takes seconds: only torch_dist pays for it
     from torch.distributed.checkpoint.planner import ReadItem
@@ -164,6 +164,7 @@ class _SliceSink:
 
     def __init__(self, dest: torch.Tensor) -> None:
         self.dest = dest
+        self.data: bytes | None = None
 
     def resolve_tensor(self, item: ReadItem) -> torch.Tensor:
         t = self.dest
@@ -175,7 +176,7 @@ class _SliceSink:
         pass
 
     def load_bytes(self, item: ReadItem, value: Any) -> None:
-        pass
+        self.data = value.read()
 
 
 class TorchDistReader(MegatronReader):
@@ -195,19 +196,67 @@ class TorchDistReader(MegatronReader):
             for k, v in self.metadata.state_dict_metadata.items()
             if isinstance(v, TensorStorageMetadata) and "_extra_state" not in k
         }
-        common = ckpt_dir / "common.pt"
-        saved: dict[str, Any] = {}
-        if common.is_file():
-            blob = load_pt(common, mmap=False)
-            if isinstance(blob, dict) and blob.get("args") is not None:
-                saved = args_dict(blob["args"], str(common))
-        self.args = saved
+        self.dir = ckpt_dir
+        self.args = self._saved_args()
         if not self.args and not args:
             raise CheckpointError(
-                f"{ckpt_dir} has no common.pt with 'args'; pass ModelOverrides.megatron_args"
+                f"{ckpt_dir} holds no training args (neither common.pt nor a common_state item in "
+                "the .distcp files): give them as spec.model.megatronArgs (ModelOverrides.megatron_args)"
             )
         # Megatron may nest the model under "model." in some versions.
         self.prefix = "model." if any(k.startswith("model.decoder.") for k in self.tensors) else ""
+
+    def _saved_args(self) -> dict[str, Any]:
+        """Training args: ``common.pt`` (megatron-core <= 0.18) or the ``common_state`` item (0.19+)."""
+        from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+        common = self.dir / "common.pt"
+        if common.is_file():
+            blob = load_pt(common, mmap=False)
+            if isinstance(blob, dict) and blob.get("args") is not None:
+                return args_dict(blob["args"], str(common))
+        for key, md in self.metadata.state_dict_metadata.items():
+            if key.split("/", 1)[0] == "common_state" and isinstance(md, BytesStorageMetadata):
+                blob = load_pt_bytes(self._read_bytes(key), f"{self.dir} item {key}")
+                if isinstance(blob, list) and blob:  # a ShardedObject saves a list of its shards
+                    blob = blob[0]
+                if isinstance(blob, dict) and blob.get("args") is not None:
+                    return args_dict(blob["args"], f"{self.dir} item {key}")
+        return {}
+
+    def _read_bytes(self, key: str) -> bytes:
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+        from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
+
+        index = MetadataIndex(key)
+        item = ReadItem(
+            type=LoadItemType.BYTE_IO,
+            dest_index=index,
+            dest_offsets=torch.Size([0]),
+            storage_index=index,
+            storage_offsets=torch.Size([0]),
+            lengths=torch.Size([0]),
+        )
+        sink = _SliceSink(torch.empty(0))
+        plan = self.reader.prepare_global_plan([self.reader.prepare_local_plan(LoadPlan([item]))])[0]
+        self._run(plan, sink)
+        if sink.data is None:
+            raise CheckpointError(f"{self.dir}: item {key} could not be read")
+        return sink.data
+
+    def _run(self, plan: Any, sink: _SliceSink) -> None:
+        """Execute a read plan; a shard named in .metadata but absent is named in the error."""
+        for item in plan.items:
+            info = self.metadata.storage_data.get(item.storage_index)
+            if info is not None and not (self.dir / info.relative_path).is_file():
+                raise CheckpointError(
+                    f"{self.dir}: shard file {info.relative_path} (holding {item.storage_index.fqn}) "
+                    "is missing"
+                )
+        try:
+            self.reader.read_data(plan, sink).wait()  # type: ignore[arg-type]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{self.dir}: cannot read the .distcp files: {exc}") from exc
 
     def _read(self, key: str, layer: int | None) -> torch.Tensor:
         from torch.distributed.checkpoint.metadata import MetadataIndex
@@ -240,7 +289,7 @@ class TorchDistReader(MegatronReader):
                 )
             )
         plan = self.reader.prepare_global_plan([self.reader.prepare_local_plan(LoadPlan(items))])[0]
-        self.reader.read_data(plan, _SliceSink(dest)).wait()  # type: ignore[arg-type]
+        self._run(plan, _SliceSink(dest))
         return dest[0] if layer is not None else dest
 
     def get(self, name: str) -> torch.Tensor | None:

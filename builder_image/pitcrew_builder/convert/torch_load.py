@@ -9,6 +9,7 @@ Megatron need not be installed.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,18 @@ def load_pt(path: Path, *, mmap: bool = True) -> Any:
         raise
     except Exception as exc:
         raise CheckpointError(f"{path} cannot be loaded: {exc}") from exc
+
+
+def load_pt_bytes(data: bytes, where: str) -> Any:
+    """``load_pt`` for a torch.save blob held in memory (e.g. an item of a .distcp file)."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+        allowed: list[Any] = [argparse.Namespace]
+        allowed += [(_stub(name), name) for name in unsafe if name != "argparse.Namespace"]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{where} cannot be loaded: {exc}") from exc
 
 
 def args_dict(args: Any, where: str) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""Real Megatron checkpoints for the tests: megatron_save.py run by megatron-core in .venv-megatron.
+
+``save_all`` launches one run per parallel layout (tp1: 1 process, tp2 and pp2: 2 processes over
+gloo), all at once; each run saves every model of ``MODELS`` in the legacy (``torch``) and the
+``torch_dist`` format and records Megatron's own logits.
+
+Megatron takes minutes to import and save on a loaded 2-core machine, so the result is kept in
+``$PITCREW_CACHE_DIR/megatron-fixtures/<key>``, the key hashing megatron_save.py, this file and the
+installed megatron-core and torch versions: any change to how the checkpoints are made makes new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+MEGATRON_PY = REPO / ".venv-megatron" / "bin" / "python"
+SCRIPT = Path(__file__).with_name("megatron_save.py")
+MODELS = ("gpt", "llama", "llama_interp")
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+FORMATS = ("torch", "torch_dist")  # legacy mp_rank_XX[_YYY] files, and dist_checkpointing
+VOCAB = 101
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One model saved by Megatron at one parallel layout."""
+
+    root: Path  # holds torch/, torch_dist/, logits.pt
+
+    def checkpoint(self, fmt: str) -> Path:
+        return self.root / fmt  # the --save directory (tracker file + iter_0000010/)
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [1, S], Megatron's logits [1, S, VOCAB])."""
+        blob = torch.load(self.root / "logits.pt")
+        return blob["ids"], blob["logits"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cache_key() -> str:
+    h = hashlib.sha256()
+    for f in (SCRIPT, Path(__file__)):
+        h.update(f.read_bytes())
+    site = sorted((REPO / ".venv-megatron" / "lib").glob("python*/site-packages"))
+    for dist in sorted(p.name for d in site for p in d.glob("*.dist-info")):
+        if dist.startswith(("megatron_core-", "torch-")):
+            h.update(dist.encode())
+    return h.hexdigest()[:16]
+
+
+def saved_checkpoints(tmp: Path) -> dict[tuple[str, str], Saved]:
+    """``save_all``'s result, from the cache when the same code and versions made it before."""
+    if not MEGATRON_PY.is_file():
+        pytest.fail(f"{MEGATRON_PY} is missing: run `make megatron-venv` (megatron-core needs Python 3.12)")
+    base = Path(os.environ.get("PITCREW_CACHE_DIR", Path.home() / ".cache" / "pitcrew"))
+    cache = base / "megatron-fixtures"
+    done = cache / _cache_key()
+    if not (done / ".complete").is_file():
+        fresh = tmp / "fresh"
+        fresh.mkdir()
+        save_all(fresh)
+        (fresh / ".complete").touch()
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = cache / f".{done.name}.{os.getpid()}"
+        shutil.copytree(fresh, staging)
+        shutil.rmtree(done, ignore_errors=True)
+        os.replace(staging, done)
+    return {(m, layout): Saved(done / layout / m) for m in MODELS for layout in LAYOUTS}
+
+
+def save_all(out: Path, models: tuple[str, ...] = MODELS) -> dict[tuple[str, str], Saved]:
+    """Run Megatron for every layout of LAYOUTS; returns {(model, layout): Saved}."""
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    for layout, (tp, pp) in LAYOUTS.items():
+        port = _free_port()
+        for rank in range(tp * pp):
+            log = out / f"{layout}.rank{rank}.log"
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(tp * pp),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            }
+            argv = [str(MEGATRON_PY), str(SCRIPT), str(out / layout), str(tp), str(pp), ",".join(models)]
+            with log.open("wb") as f:
+                proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+            procs.append((layout, proc, log))
+    deadline = time.monotonic() + 900
+    failed = []
+    for layout, proc, log in procs:
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = -9
+        if code != 0:
+            failed.append(f"{layout} ({log}) exited {code}:\n" + log.read_text(errors="replace")[-3000:])
+    if failed:
+        for _, proc, _ in procs:
+            proc.kill()
+        raise RuntimeError("Megatron could not save the test checkpoints:\n" + "\n".join(failed))
+    return {(m, layout): Saved(out / layout / m) for m in models for layout in LAYOUTS}

@@ -1,0 +1,95 @@
+"""Checkpoints written by Megatron-LM itself (megatron-core from PyPI, CPU, gloo) -> TRT-LLM checkpoint.
+
+megatron_save.py builds tiny GPT (LayerNorm, learned positions, GELU, biases, tied embeddings) and
+LLaMA-style (GQA, SwiGLU, RMSNorm, rope, untied) models from a pretrain_gpt command line, saves
+them with Megatron's own ``save_checkpoint`` in the legacy (mp_rank_XX[_YYY]) and the torch_dist
+format at tp1, tp2 and pp2, and records Megatron's own forward logits. Pitcrew's conversion must
+reproduce those logits (evaluated by the TRT-LLM-semantics reference model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from megatron_real import FORMATS, LAYOUTS, MODELS, VOCAB, Saved
+
+from pitcrew_builder.convert import convert
+from pitcrew_builder.convert.trtllm import load_full_weights
+from pitcrew_builder.model.reference import ReferenceModel
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+Saved_ = dict[tuple[str, str], Saved]
+
+
+def _logits(ckpt: Path, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        logits: torch.Tensor = ReferenceModel.from_checkpoint(ckpt)(ids)
+    return logits[..., :VOCAB]
+
+
+def _close_to_megatron(got: torch.Tensor, want: torch.Tensor) -> None:
+    # float32 on both sides, same operations: only summation order differs.
+    scale = float(want.abs().max())
+    assert scale > 1.0, "logits too small to tell a mapping mistake from rounding"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("model", MODELS)
+def test_converts_what_megatron_saved(
+    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str, fmt: str
+) -> None:
+    saved = megatron_saved[(model, layout)]
+    src = saved.checkpoint(fmt)
+    if fmt == "torch_dist":  # megatron-core 0.19 keeps the args in the .distcp common_state item
+        assert not list(src.rglob("common.pt")) and list(src.rglob("*.distcp"))
+    else:
+        tp, pp = LAYOUTS[layout]
+        want = {f"mp_rank_{t:02d}" + (f"_{p:03d}" if pp > 1 else "") for t in range(tp) for p in range(pp)}
+        assert {d.name for d in (src / "iter_0000010").iterdir()} == want
+    config = convert(src, "megatron", tmp_path, tp=1, pp=1, dtype="float32")
+    ids, want_logits = saved.reference()
+    _close_to_megatron(_logits(tmp_path, ids), want_logits)
+    # Facts from Megatron's saved args, not from any override.
+    assert config.vocab_size == (104 if layout != "tp2" else 112)  # padded to 8 x tp
+    if model == "gpt":
+        assert config.architecture == "GPTForCausalLM" and config.hidden_act == "gelu"
+        assert config.position_embedding_type == "learned_absolute" and config.mlp_bias
+    else:
+        assert config.architecture == "LlamaForCausalLM" and config.hidden_act == "silu"
+        heads = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+        assert heads == (4, 2, 96)
+        assert config.norm_epsilon == 1e-6 and not config.qkv_bias
+        want_scaling = {"type": "linear", "factor": 2.0} if model == "llama_interp" else None
+        assert config.rotary_scaling == want_scaling
+
+
+@pytest.mark.parametrize(
+    ("model", "layout", "fmt", "tp", "pp"),
+    [
+        ("llama", "tp2", "torch", 2, 2),
+        ("gpt", "pp2", "torch_dist", 2, 1),
+        ("llama", "pp2", "torch_dist", 1, 2),
+    ],
+)
+def test_resharded_to_another_layout(
+    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str, fmt: str, tp: int, pp: int
+) -> None:
+    saved = megatron_saved[(model, layout)]
+    convert(saved.checkpoint(fmt), "megatron", tmp_path, tp=tp, pp=pp, dtype="float32")
+    ids, want = saved.reference()
+    _close_to_megatron(_logits(tmp_path, ids), want)
+
+
+def test_both_formats_give_identical_weights(megatron_saved: Saved_, tmp_path: Path) -> None:
+    saved = megatron_saved[("llama", "tp2")]
+    convert(saved.checkpoint("torch"), "megatron", tmp_path / "a", tp=1, pp=1, dtype="float32")
+    convert(saved.checkpoint("torch_dist"), "megatron", tmp_path / "b", tp=1, pp=1, dtype="float32")
+    _, a = load_full_weights(tmp_path / "a")
+    _, b = load_full_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
