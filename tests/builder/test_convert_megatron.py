@@ -40,15 +40,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:Us
 
 IDS = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
 PADDED = 104  # Megatron pads the vocabulary (here to a multiple of 8)
-LAYOUTS = ["legacy_tp1", "legacy_tp2", "legacy_pp2", "legacy_tp2pp2", "dist", "dist_unstacked"]
+LAYOUTS = ["legacy_tp2pp2", "dist", "dist_unstacked"]
 Full = dict[str, torch.Tensor]
 
 
 def _write_all(root: Path, full: Full, args: dict[str, Any]) -> dict[str, Path]:
     return {
-        "legacy_tp1": save_megatron_legacy(full, args, root / "legacy_tp1", tp=1, pp=1),
-        "legacy_tp2": save_megatron_legacy(full, args, root / "legacy_tp2", tp=2, pp=1),
-        "legacy_pp2": save_megatron_legacy(full, args, root / "legacy_pp2", tp=1, pp=2),
         "legacy_tp2pp2": save_megatron_legacy(full, args, root / "legacy_tp2pp2", tp=2, pp=2),
         "dist": save_megatron_torch_dist(full, args, root / "dist"),
         "dist_unstacked": save_megatron_torch_dist(full, args, root / "dist_unstacked", stacked=False),
@@ -73,7 +70,7 @@ def _logits(ckpt: Path) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_every_layout_equals_tp1_and_matches_hf(
+def test_every_layout_gives_the_same_weights_and_matches_hf(
     sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path, model: str
 ) -> None:
     hf, layouts = sources[model]
@@ -107,7 +104,7 @@ def test_every_layout_equals_tp1_and_matches_hf(
     [
         ("llama", "legacy_tp2pp2", 2, 1),
         ("llama", "dist", 4, 1),
-        ("gpt2", "legacy_tp2", 1, 2),
+        ("gpt2", "legacy_tp2pp2", 1, 2),
         ("gpt2", "dist", 2, 2),
     ],
 )
@@ -135,7 +132,7 @@ def test_config_from_megatron_args(
     c = read_config(tmp_path / "l")
     assert (c.num_attention_heads, c.num_key_value_heads, c.head_size, c.intermediate_size) == (4, 2, 16, 96)
     assert c.hidden_act == "silu" and c.position_embedding_type == "rope_gpt_neox" and not c.qkv_bias
-    convert(sources["gpt2"][1]["legacy_tp2"], "megatron", tmp_path / "g", tp=1, pp=1, dtype="float16")
+    convert(sources["gpt2"][1]["legacy_tp2pp2"], "megatron", tmp_path / "g", tp=1, pp=1, dtype="float16")
     g = read_config(tmp_path / "g")
     assert g.position_embedding_type == "learned_absolute" and g.hidden_act == "gelu" and g.mlp_bias
     assert g.max_position_embeddings == 32
