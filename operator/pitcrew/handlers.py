@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from kopf._core.engines import posting  # the Event queue's context variables (see _adopt_posting)
 
-from pitcrew import jobs, memory, metrics, reconcile
+from pitcrew import jobs, memory, metrics, reconcile, sharing
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
 from pitcrew.runtime import RT, trim_job, trim_pod
 from pitcrew.settings import Settings, SettingsError
@@ -119,6 +119,11 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     status = body.get("status") or {}
+    if status.get("reason") == sharing.REASON_WAITING and not any(uid in w for w in RT.waiters.values()):
+        # Waiting for a shared build nobody will wake it for (e.g. its Job went while the watch
+        # was down): look again.
+        await reconcile.run(uid, ns, name, "shared")
+        return
     job_name = (status.get("job") or {}).get("name")
     if (
         job_name
@@ -229,11 +234,13 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
         if not RT.jobs_primed:
             RT.job_tombstones.add(job_uid)
         _slot_freed()
+        reconcile.wake_waiters(trimmed)
         return
     RT.remember(RT.jobs, uid, job_name, trimmed)
     if finished:
         metrics.STATE.active_jobs.discard(job_uid)
         _slot_freed()
+        reconcile.wake_waiters(trimmed)
     else:
         metrics.STATE.active_jobs.add(job_uid)
     RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))

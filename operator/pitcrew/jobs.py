@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pitcrew import sharing
 from pitcrew.api.plan import CREDENTIAL_ENV, PLAN_JSON_ENV, BuildPlan
 from pitcrew.api.v1alpha1 import API_VERSION, GROUP, KIND, EngineBuildSpec, SecretReference
 from pitcrew.settings import Settings
@@ -185,6 +186,9 @@ def render_job(
 ) -> dict[str, Any]:
     name = job_name(eb_name, eb_uid, plan.cache_key, plan.generation)
     meta = _metadata(name, namespace, eb_name, eb_uid, plan)
+    meta["annotations"][sharing.ANN_ENGINE] = sharing.engine_ident(
+        plan.output.uri, plan.output.endpoint, namespace, plan.cache_key
+    )
     volumes: list[dict[str, Any]] = [
         {
             "name": "scratch",

@@ -10,14 +10,14 @@ import base64
 import contextlib
 import fnmatch
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, statuses, tenancy
+from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, sharing, statuses, tenancy
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.v1alpha1 import (
     GROUP,
@@ -337,11 +337,36 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     job_name = job["metadata"]["name"]
     created = str(meta.get("creationTimestamp") or "")
     entry = pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
-    try:
-        slot = await start_job(body, entry, job, key)
-    except ForeignJob as e:
-        _fail(body, patch, REASON_FOREIGN_JOB, str(e))
-        raise kopf.TemporaryError(str(e), delay=retry) from e
+    engine = job["metadata"]["annotations"][sharing.ANN_ENGINE]
+    # One Job per engine: looking for another build's Job and creating ours is one step per engine.
+    async with RT.lock("engine:" + engine):
+        builder = sharing.shared_builder(RT.jobs, uid, engine)
+        if builder is None:
+            _stop_waiting(uid, engine)
+            try:
+                slot = await start_job(body, entry, job, key)
+            except ForeignJob as e:
+                _fail(body, patch, REASON_FOREIGN_JOB, str(e))
+                raise kopf.TemporaryError(str(e), delay=retry) from e
+        else:
+            RT.waiters.setdefault(engine, {})[uid] = (ns, name)
+            _dequeue(uid)
+    if builder is not None:
+        message = sharing.waiting_message(plans.engine_uri(spec.output.uri, key))
+        if status.get("reason") != sharing.REASON_WAITING or status.get("cacheKey") != key:
+            patch.status.update(
+                statuses.compose(
+                    status, phase=Phase.QUEUED, reason=sharing.REASON_WAITING, message=message,
+                    generation=gen, now=statuses.now_rfc3339(), upgrade=marker, cacheKey=key,
+                    cacheHit=False, builderImage=resolved.builder_image, job=None, progress=None,
+                )
+            )  # fmt: skip
+            metrics.TRANSITIONS.labels(Phase.QUEUED.value, sharing.REASON_WAITING).inc()
+            _post(body, "Normal", sharing.REASON_WAITING, message)
+        log.info(
+            "waiting for a shared build", extra={"eb": f"{ns}/{name}", "job": builder["metadata"]["name"]}
+        )
+        return
     if slot is not None:
         # Over PITCREW_MAX_ACTIVE_BUILDS: queued; the poller (or a finishing Job) starts it later.
         active, ahead = slot
@@ -375,6 +400,31 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         _post(body, "Normal", pacing.REASON_UPGRADE, message)
     # The status follows from the Job's first watch events (saves a write per build).
     RT.schedule(uid, lambda: sync(uid, ns, name))
+
+
+def _stop_waiting(uid: str, engine: str | None = None) -> None:
+    for e in [engine] if engine else list(RT.waiters):
+        by_uid = RT.waiters.get(e)
+        if by_uid is not None:
+            by_uid.pop(uid, None)
+            if not by_uid:
+                del RT.waiters[e]
+
+
+def wake_waiters(job: Mapping[str, Any]) -> None:
+    """A Job finished or went: builds waiting for its engine look again (manifest, or build it)."""
+    engine = (job.get("metadata", {}).get("annotations") or {}).get(sharing.ANN_ENGINE)
+    if not engine:
+        return
+    for uid, (ns, name) in RT.waiters.pop(engine, {}).items():
+        RT.schedule(f"shared:{uid}", _rerun(uid, ns, name, "shared"))
+
+
+def _rerun(uid: str, ns: str, name: str, cause: str) -> Callable[[], Awaitable[None]]:
+    async def again() -> None:
+        await run(uid, ns, name, cause)
+
+    return again
 
 
 def _dequeue(uid: str) -> None:

@@ -116,6 +116,9 @@ class Runtime:
     # EngineBuild uid -> builder image an upgrade was last started for (one try per image and
     # process: an upgrade that cannot start, e.g. InvalidSpec, does not loop).
     upgrades_tried: dict[str, str] = field(default_factory=dict)
+    # Builds waiting for another build's Job of the same engine (pitcrew.sharing):
+    # engine ident -> EngineBuild uid -> (namespace, name). Woken when that Job finishes or goes.
+    waiters: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def store(self) -> Storage:
         if self.storage is None:
@@ -140,6 +143,10 @@ class Runtime:
         self.in_flight.pop(uid, None)
         self.queue.pop(uid, None)
         self.upgrades_tried.pop(uid, None)
+        for engine in [e for e, by_uid in self.waiters.items() if uid in by_uid]:
+            self.waiters[engine].pop(uid, None)
+            if not self.waiters[engine]:
+                del self.waiters[engine]
         self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
         self.locks.pop(uid, None)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from pitcrew_devcluster import ClusterInfo
 
@@ -26,6 +27,7 @@ from .harness import (
     new_namespace,
     owned,
     seed_checkpoint,
+    wait_for,
     wait_phase,
 )
 
@@ -148,3 +150,32 @@ def test_a_job_with_our_labels_takes_no_slot(
     apply(cluster, engine_build(cluster, "model", ns))
     st = wait_phase(cluster, ns, "model", {"Succeeded", "Failed"}, timeout=90, op=operator)["status"]
     assert st["phase"] == "Succeeded", st
+
+
+def test_identical_builds_share_one_job(
+    cluster: ClusterInfo, operator: Operator, namespaces: list[str]
+) -> None:
+    """Two EngineBuilds with one key and one output: one Job; the other takes its manifest."""
+    ns = new_namespace(cluster, "shared")
+    namespaces.append(ns)
+    bodies = [engine_build(cluster, name, ns, mode="sleep-3") for name in ("first", "second")]
+    cluster.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(b) for b in bodies))
+    waited = wait_for(
+        "one of them waiting for the shared build",
+        lambda: any(
+            ((get_eb(cluster, ns, n) or {}).get("status") or {}).get("reason") == "WaitingForSharedBuild"
+            for n in ("first", "second")
+        ),
+        timeout=60,
+        op=operator,
+    )
+    assert waited
+    done = {
+        n: wait_phase(cluster, ns, n, {"Succeeded", "Failed"}, op=operator)["status"]
+        for n in ("first", "second")
+    }
+    assert all(st["phase"] == "Succeeded" for st in done.values()), done
+    assert sorted(bool(st.get("cacheHit")) for st in done.values()) == [False, True]
+    assert done["first"]["engine"]["uri"] == done["second"]["engine"]["uri"]
+    all_jobs = cluster.client().get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
+    assert len(all_jobs) == 1, [j["metadata"]["name"] for j in all_jobs]

@@ -1,0 +1,75 @@
+"""One Job per engine (pitcrew.sharing): table tests of the pure part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pitcrew import jobs, plans, sharing
+from pitcrew.settings import Settings
+from pitcrew.validation import validate
+
+from .helpers import spec
+
+KEY = "ab" * 32
+EP = "http://minio:9000"
+
+
+def test_engine_ident() -> None:
+    a = sharing.engine_ident("s3://Engines/out/", EP, "ns1", KEY)
+    assert a == f"{EP} s3://engines/out/{KEY}/"
+    assert a == sharing.engine_ident("s3://engines//out", EP + "/", "ns2", KEY)  # s3: namespace-free
+    assert a != sharing.engine_ident("s3://engines/out", "http://other:9000", "ns1", KEY)
+    assert a != sharing.engine_ident("s3://engines/out", EP, "ns1", "cd" * 32)
+    # Claims are namespace-local: the same pvc:// URI in two namespaces is two places.
+    assert sharing.engine_ident("pvc://e/x", None, "a", KEY) != sharing.engine_ident(
+        "pvc://e/x", None, "b", KEY
+    )
+
+
+def _job(engine: str, *conds: str, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"annotations": {sharing.ANN_ENGINE: engine}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": c, "status": "True"} for c in conds]}}
+
+
+E = "ep s3://b/out/k/"
+
+
+@pytest.mark.parametrize(
+    ("view", "found"),
+    [
+        ({}, False),
+        ({"other": {"j": _job(E)}}, True),
+        ({"me": {"j": _job(E)}}, False),  # my own Job is not "another build"
+        ({"other": {"j": _job("ep s3://b/elsewhere/k/")}}, False),
+        ({"other": {"j": _job(E, "Complete")}}, False),
+        ({"other": {"j": _job(E, "Failed")}}, False),
+        ({"other": {"j": _job(E, deleting=True)}}, False),
+    ],
+)
+def test_shared_builder(view: dict[str, dict[str, Any]], found: bool) -> None:
+    assert (sharing.shared_builder(view, "me", E) is not None) is found
+
+
+def test_rendered_jobs_carry_their_engine() -> None:
+    settings = Settings(s3_endpoint=EP)
+    s = spec()
+    resolved = validate(s, settings, secret_keys={})
+    planned = plans.make_plan(
+        s, resolved, settings, namespace="ns", name="m", generation=1, source_identity="x"
+    )
+    job = jobs.render_job(
+        namespace="ns",
+        eb_name="m",
+        eb_uid="u",
+        spec=s,
+        resolved=resolved,
+        plan=planned.plan,
+        settings=settings,
+    )
+    assert job["metadata"]["annotations"][sharing.ANN_ENGINE] == sharing.engine_ident(
+        "s3://engines/out", EP, "ns", planned.key
+    )
