@@ -136,7 +136,8 @@ def test_int8_kv_cache_only_keeps_float_weights(converted: dict[str, Path]) -> N
 
 def test_gpt2_fp8_has_no_gate(tmp_path: Path) -> None:
     make_gpt2(tmp_path / "g")
-    cfg = convert(tmp_path / "g", "hf", tmp_path / "o", quantization="fp8", calibration=CALIB)
+    long = CalibrationSet((torch.arange(40) % VOCAB,), "40 tokens")  # GPT-2 here has 32 positions
+    cfg = convert(tmp_path / "g", "hf", tmp_path / "o", quantization="fp8", calibration=long)
     t = _tensors(tmp_path / "o" / "rank0.safetensors")
     assert not cfg.gated_mlp and not any(".mlp.gate." in k for k in t)
     assert t["transformer.layers.0.mlp.fc.weight"].dtype == torch.float8_e4m3fn
@@ -199,3 +200,26 @@ def test_scales_agree_with_nvidia_model_optimizer(
         assert float(ours[p + "attention.kv_cache_scaling_factor"]) == pytest.approx(
             max(kv / FP8_E4M3_MAX, 1.0)
         )
+
+
+def test_validate_stage_checks_fp8_logits_against_the_source(
+    llama: tuple[Path, PreTrainedModel], converted: dict[str, Path]
+) -> None:
+    from pitcrew_builder.validate import check_logits
+
+    cfg = read_config(converted["fp8"])
+    check = check_logits(llama[0], converted["fp8"], cfg)
+    assert check.status == "passed" and check.max_abs_diff is not None and check.max_abs_diff > 0
+    # The same weights with one FP8 tensor scaled wrongly must fail the check.
+    path = converted["fp8"] / "rank0.safetensors"
+    broken = path.parent.parent / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((converted["fp8"] / "config.json").read_text())
+    t = _tensors(path)
+    t["transformer.layers.0.mlp.proj.weights_scaling_factor"] = (
+        t["transformer.layers.0.mlp.proj.weights_scaling_factor"] * 8
+    )
+    from safetensors.torch import save_file
+
+    save_file(t, str(broken / "rank0.safetensors"))
+    assert check_logits(llama[0], broken, cfg).status == "failed"

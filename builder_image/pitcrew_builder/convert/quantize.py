@@ -90,7 +90,8 @@ class LayerCalibrator:
         self.hidden: list[torch.Tensor] = []
         self.rotary: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         inv_freq = rotary_inv_freq(config)
-        for ids in calibration.samples:
+        for sample in calibration.samples:
+            ids = sample[: config.max_position_embeddings]  # positions the model has
             x = F.embedding(ids[None], emb)
             s = ids.numel()
             if pos is not None:
