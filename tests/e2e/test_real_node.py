@@ -8,7 +8,6 @@ root, or the Debian packages of hack/install-node-deps.sh are missing).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,56 +19,25 @@ from typing import Any
 import pytest
 
 from controller.harness import BUILD_TOOLS, wait_for
+from e2e.realnode_support import GPU_PRODUCT, host_problem
 from pitcrew_devcluster import ClusterInfo, UpOptions, down, up
 from pitcrew_devcluster.images import BUSYBOX_IMAGE
 from pitcrew_devcluster.kubeapi import KubeClient
-from pitcrew_devcluster.realnode import CNI_BIN_DIR, HOST_TOOLS, Layout, Network
+from pitcrew_devcluster.realnode import Layout, Network
 
 Obj = dict[str, Any]
-GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
-
-
-def _host_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "the real node needs root (containerd, runc, network namespaces)"
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
-    if not (CNI_BIN_DIR / "bridge").is_file():
-        missing.append("containernetworking-plugins")
-    if not Path("/bin/busybox").is_file():
-        missing.append("busybox-static")
-    if missing:
-        return f"Debian packages missing: {', '.join(missing)} (run hack/install-node-deps.sh as root)"
-    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/memory.max").exists():
-        return "no memory cgroup controller on this host"
-    return None
 
 
 pytestmark = [
-    pytest.mark.skipif(_host_problem() is not None, reason=str(_host_problem())),
+    pytest.mark.skipif(host_problem() is not None, reason=str(host_problem())),
     pytest.mark.cluster,
     pytest.mark.slow,
 ]
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
-    sd = tmp_path_factory.mktemp("real")
-    info = up(
-        UpOptions(
-            state_dir=sd,
-            node="real",
-            build=False,
-            build_tools=BUILD_TOOLS,
-            gpus=4,
-            gpu_product=GPU_PRODUCT,
-            compute_capability="9.0",
-            timeout=120,
-        )
-    )
-    try:
-        yield info
-    finally:
-        down(sd)
+def real(real_cluster: ClusterInfo) -> ClusterInfo:
+    return real_cluster
 
 
 @pytest.fixture
