@@ -180,3 +180,50 @@ def test_a_missing_tensor_is_named_like_trtllm_load(
         RuntimeError, match=r"Required but not provided tensors:\{'transformer.ln_f.weight'\}"
     ):
         _load_all(trtllm, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "built"), [("llama", True), ("qwen2", False)])
+def test_reduce_fusion_is_built_or_refused_never_dropped(
+    trtllm: ModuleType,
+    sources: dict[str, tuple[Path, PreTrainedModel]],
+    tmp_path: Path,
+    name: str,
+    built: bool,
+) -> None:
+    from builder_plans import make_plan
+    from tensorrt_llm._contract import CALLS
+
+    from pitcrew_builder.backends.base import CompileContext
+    from pitcrew_builder.backends.trtllm import BACKEND
+    from pitcrew_builder.checkpoint import read_config
+    from pitcrew_builder.errors import InvalidSpec
+
+    ckpt = tmp_path / "ckpt"
+    convert(sources[name][0], "hf", ckpt, tp=2)
+    plan = make_plan(
+        source_uri="file:///m",
+        output_uri="s3://b/o",
+        backend="tensorrt-llm",
+        tp=2,
+        build={"reduceFusion": True},
+    )
+    (tmp_path / "work").mkdir()
+    ctx = CompileContext(
+        plan=plan,
+        checkpoint_dir=ckpt,
+        checkpoint_config=read_config(ckpt),
+        engine_dir=tmp_path / "engine",
+        work_dir=tmp_path / "work",
+        progress=lambda _m, _f: None,
+    )
+    if not built:
+        with pytest.raises(
+            InvalidSpec, match=r"reduceFusion: TensorRT-LLM 1\.2 applies it only to LlamaForCausalLM"
+        ):
+            BACKEND.compile(ctx)
+        return
+    result = BACKEND.compile(ctx)
+    builds = [c for c in CALLS if c["call"] == "build"]
+    assert all(b["build_config"]["plugin_config"]["reduce_fusion"] is True for b in builds)
+    assert not [c for c in CALLS if c.get("message") == "Overriding reduce_fusion to False"]
+    assert result.build_options["plugin_config"]["reduce_fusion"] is True
