@@ -113,3 +113,14 @@ def test_output_uri_must_be_s3_or_pvc(uri: str) -> None:
     with pytest.raises(ValidationError) as err:
         EngineBuildSpec.model_validate({**MINIMAL, "output": {"uri": uri}})
     assert "output" in str(err.value) and "uri" in str(err.value)
+
+
+def test_megatron_args_by_python_name_with_scalar_values() -> None:
+    args = {"num_layers": 2, "swiglu": True, "layernorm_epsilon": 1e-6, "normalization": "RMSNorm"}
+    spec = EngineBuildSpec.model_validate({**MINIMAL, "model": {"megatronArgs": args}})
+    assert spec.model is not None and spec.model.megatron_args == args
+    assert spec.to_api()["model"]["megatronArgs"] == args  # names are Megatron's, not camel-cased
+    for bad in ({"numLayers": 2}, {"num_layers": [2]}, {"num_layers": {"x": 1}}):
+        with pytest.raises(ValidationError) as err:
+            EngineBuildSpec.model_validate({**MINIMAL, "model": {"megatronArgs": bad}})
+        assert "megatronArgs" in str(err.value)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from builder_plans import make_plan
 from tiny_models import (
     VOCAB,
     gpt2_to_megatron,
@@ -31,10 +32,13 @@ from tiny_models import (
 )
 from transformers import PreTrainedModel
 
+from pitcrew.api.v1alpha1 import ModelOverrides as ApiModelOverrides
 from pitcrew_builder.checkpoint import CheckpointError, read_config
 from pitcrew_builder.convert import ModelOverrides, convert
 from pitcrew_builder.convert.trtllm import load_full_weights
+from pitcrew_builder.errors import InvalidCheckpoint
 from pitcrew_builder.model.reference import ReferenceModel
+from pitcrew_builder.stages.convert import convert_arguments, run_convert
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 
@@ -151,15 +155,37 @@ def test_zero_centred_gamma(
     )
 
 
-def test_torch_dist_args_from_overrides(
+def test_torch_dist_without_args_lists_the_fields_a_plan_must_give(
     sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
 ) -> None:
     hf = sources["gpt2"][0]
     full, args = gpt2_to_megatron(hf, PADDED)  # type: ignore[arg-type]
     src = save_megatron_torch_dist(full, args, tmp_path / "src")
     (src / "common.pt").unlink()
-    with pytest.raises(CheckpointError, match="megatron_args"):
+    with pytest.raises(CheckpointError) as err:
         convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
+    message = str(err.value)
+    assert "spec.model.megatronArgs" in message and "holds no training args" in message
+    listed = message.split(" needs ", 1)[1].split(":", 1)[0]
+    assert listed.split(", ") == [
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "ffn_hidden_size",
+        "normalization",
+        "swiglu",
+        "position_embedding_type",
+        "layernorm_epsilon",
+    ]
+    # Given some, the message lists exactly the rest.
+    some = {k: args[k] for k in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size")}
+    some["position_embedding_type"] = "learned_absolute"
+    with pytest.raises(
+        CheckpointError,
+        match=r"needs normalization, swiglu, layernorm_epsilon, "
+        r"max_position_embeddings: give them in spec.model.megatronArgs",
+    ):
+        convert(src, "megatron", tmp_path / "out", overrides=ModelOverrides(megatron_args=some))
     convert(
         src,
         "megatron",
@@ -172,6 +198,16 @@ def test_torch_dist_args_from_overrides(
     torch.testing.assert_close(
         _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
     )
+
+
+def test_megatron_args_only_for_megatron_sources(tiny_llama: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="megatronArgs applies to Megatron sources only"):
+        convert(
+            tiny_llama,
+            "hf",
+            tmp_path / "out",
+            overrides=ModelOverrides(megatron_args={"num_layers": 2}),
+        )
 
 
 def test_torch_dist_config_from_spec_fields(
@@ -223,6 +259,26 @@ def test_gpt_with_transformer_engine_norm_names(
     assert "decoder.layers.0.mlp.linear_fc1.layer_norm_bias" in renamed
     src = save_megatron_legacy(renamed, args, tmp_path / "src", tp=2, pp=2)
     convert(src, "megatron", tmp_path / "out", tp=2, pp=1, dtype="float32")
+    torch.testing.assert_close(
+        _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_plan_megatron_args_reach_the_converter(
+    sources: dict[str, tuple[PreTrainedModel, dict[str, Path]]], tmp_path: Path
+) -> None:
+    """spec.model.megatronArgs -> BuildPlan -> convert stage: a checkpoint without args converts."""
+    hf = sources["llama"][0]
+    full, args = llama_to_megatron(hf, PADDED)  # type: ignore[arg-type]
+    src = save_megatron_torch_dist(full, args, tmp_path / "src")
+    (src / "common.pt").unlink()
+    plan = make_plan(source_uri=src.as_uri(), output_uri="pvc://o/e", source_format="megatron", dtype=None)
+    with pytest.raises(InvalidCheckpoint, match="needs num_layers, hidden_size"):
+        run_convert(plan, src, tmp_path / "out", lambda *a: None)
+    given = {k: v for k, v in args.items() if isinstance(v, str | int | float | bool)}
+    plan.model = ApiModelOverrides(megatron_args=given, dtype="float32")
+    assert convert_arguments(plan)["megatron_args"] == given  # hashed for resumes too
+    run_convert(plan, src, tmp_path / "out", lambda *a: None)
     torch.testing.assert_close(
         _logits(tmp_path / "out")[..., :VOCAB], hf_logits(hf, IDS), rtol=1e-4, atol=1e-4
     )

@@ -280,6 +280,10 @@ def convert(
         raise CheckpointError(f"source directory {source_dir} does not exist")
     if source_dir.resolve() == out_dir.resolve():
         raise CheckpointError("out_dir must differ from source_dir")
+    if overrides and overrides.megatron_args and source_format != "megatron":
+        raise CheckpointError(
+            f"spec.model.megatronArgs applies to Megatron sources only (source.format is {source_format})"
+        )
     quant = quant_config(quantization, kv_cache)
     if source_format == "trtllm-checkpoint":
         done = _pass_through(

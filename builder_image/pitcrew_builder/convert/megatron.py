@@ -1,7 +1,9 @@
 """Megatron-LM (core) GPT and LLaMA-style checkpoints as a ModelSource.
 
 Model config comes from the checkpoint's saved training ``args`` (legacy: the rank files;
-torch_dist: ``common.pt``), with ``ModelOverrides.megatron_args`` filling gaps or correcting them.
+torch_dist: ``common.pt`` up to megatron-core 0.18, the ``common_state`` item of the .distcp files
+from 0.19), with ``ModelOverrides.megatron_args`` (``spec.model.megatronArgs``) filling gaps or
+correcting them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 
 from pitcrew_builder.checkpoint import CheckpointError
-from pitcrew_builder.convert.megatron_config import MegatronModel, megatron_model
+from pitcrew_builder.convert.megatron_config import MegatronModel, megatron_model, missing_args
 from pitcrew_builder.convert.megatron_readers import LegacyReader, MegatronReader, TorchDistReader
 from pitcrew_builder.convert.source import ModelSource, Tensors, check_layer, expect_shape
 
@@ -49,6 +51,18 @@ class MegatronSource(ModelSource):
     def __init__(self, reader: MegatronReader, overrides: dict[str, Any]) -> None:
         self.reader = reader
         reader.args = {**reader.args, **overrides}
+        missing = missing_args(reader.args, reader.saved_args)
+        if missing:
+            held = (
+                "saved training args lack"
+                if reader.saved_args
+                else "holds no training args (neither common.pt nor a common_state item in the .distcp "
+                "files, nor args in the rank files), so it needs"
+            )
+            raise CheckpointError(
+                f"Megatron checkpoint {reader.dir} {held} {', '.join(missing)}: give them in "
+                f"spec.model.megatronArgs, e.g. megatronArgs: {{{', '.join(f'{m}: ...' for m in missing)}}}"
+            )
         if isinstance(reader, LegacyReader):
             reader.swiglu = bool(reader.args.get("swiglu", False))
         # Args some checkpoints (or spec-only configs) leave out: read them off the weights.

@@ -26,6 +26,27 @@ def _get(args: dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
+# Args without which the model cannot be read at all, and (when the checkpoint saved no args) the
+# ones whose defaults would silently describe another model.
+ALWAYS_NEEDED = ("num_layers", "hidden_size", "num_attention_heads")
+NEEDED_WITHOUT_SAVED_ARGS = (
+    "ffn_hidden_size",
+    "normalization",
+    "swiglu",
+    "position_embedding_type",
+    "layernorm_epsilon",
+)
+
+
+def missing_args(args: dict[str, Any], saved: bool) -> list[str]:
+    """Names of the Megatron args a plan must give (empty when the model is fully described)."""
+    need = list(ALWAYS_NEEDED) + ([] if saved else list(NEEDED_WITHOUT_SAVED_ARGS))
+    if not saved and args.get("position_embedding_type") == "learned_absolute":
+        need.append("max_position_embeddings")
+    aliases = {"layernorm_epsilon": ("layernorm_epsilon", "norm_epsilon")}
+    return [n for n in need if all(args.get(a) is None for a in aliases.get(n, (n,)))]
+
+
 def _required(args: dict[str, Any], name: str) -> Any:
     if args.get(name) is None:
         raise CheckpointError(f"Megatron args lack field {name!r}")

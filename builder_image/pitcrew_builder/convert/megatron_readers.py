@@ -32,6 +32,9 @@ _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 
 class MegatronReader:
     args: dict[str, Any]
+    dir: Path
+    saved_args: bool  # the checkpoint itself holds training args
+
 
     def get(self, name: str) -> torch.Tensor | None:
         """The full tensor ``name``, or None when the checkpoint has no such tensor."""
@@ -91,6 +94,7 @@ class LegacyReader(MegatronReader):
                 if (t, p) not in ranks:
                     raise CheckpointError(f"rank file for tp={t} pp={p} (mp_rank_{t:02d}_{p:03d}) is missing")
         self.files = ranks
+        self.dir = ckpt_dir
         # Rank files are mmap'ed and only the current stage's stay open: pages of tensors already
         # converted are unmapped (released from the RSS) when ``release`` drops them.
         self._open: dict[int, list[dict[str, torch.Tensor]]] = {}
@@ -107,6 +111,7 @@ class LegacyReader(MegatronReader):
             self.offsets.append(total)
             total += len({int(m.group(1)) for k in self.keys[p] if (m := _LAYER.match(k))})
         self.num_layers = total
+        self.saved_args = bool(self.args)
         self.swiglu = bool(self.args.get("swiglu", False))
 
     def _stage(self, p: int) -> list[dict[str, torch.Tensor]]:
@@ -198,11 +203,7 @@ class TorchDistReader(MegatronReader):
         }
         self.dir = ckpt_dir
         self.args = self._saved_args()
-        if not self.args and not args:
-            raise CheckpointError(
-                f"{ckpt_dir} holds no training args (neither common.pt nor a common_state item in "
-                "the .distcp files): give them as spec.model.megatronArgs (ModelOverrides.megatron_args)"
-            )
+        self.saved_args = bool(self.args)
         # Megatron may nest the model under "model." in some versions.
         self.prefix = "model." if any(k.startswith("model.decoder.") for k in self.tensors) else ""
 

@@ -41,6 +41,7 @@ def convert_arguments(plan: BuildPlan) -> dict[str, Any]:
         "quantization": None if q.weights == "none" else q.weights,
         "kv_cache": q.kv_cache,
         "calibration": q.calibration.model_dump(mode="json") if q.calibrated() else None,
+        "megatron_args": dict(model.megatron_args) if model and model.megatron_args else {},
     }
 
 
@@ -78,7 +79,7 @@ def run_convert(
     args = convert_arguments(plan)
     # An HF config names its own architecture; the spec's matters for Megatron checkpoints.
     fields = {k: v for k, v in args["fields"].items() if k != "architecture" or args["source_format"] != "hf"}
-    overrides = ModelOverrides(fields=fields)
+    overrides = ModelOverrides(fields=fields, megatron_args=args["megatron_args"])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         calibration = calibration_for(plan, source_dir, out_dir.parent, fetch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -126,6 +126,17 @@ class SourceSpec(ApiModel):
     )
 
 
+MegatronArgs = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)],
+        str | int | float | bool,
+    ],
+    Field(max_length=200),
+    # Values of several scalar types: Kubernetes' structural schema can only keep them unchecked.
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class ModelOverrides(ApiModel):
     """Model facts for checkpoints that do not state them (Megatron torch_dist without args)."""
 
@@ -152,6 +163,15 @@ class ModelOverrides(ApiModel):
         None, ge=1, description="Key/value heads (query groups for GQA); must divide numAttentionHeads."
     )
     vocab_size: int | None = Field(None, ge=1, description="Vocabulary size before TP padding.")
+    megatron_args: MegatronArgs | None = Field(
+        None,
+        description=(
+            "Megatron-LM training arguments by their Python names (num_layers, hidden_size, "
+            "num_attention_heads, ffn_hidden_size, normalization, swiglu, position_embedding_type, "
+            "layernorm_epsilon, ...), for a Megatron checkpoint whose saved args lack them or are "
+            "wrong; they take precedence over the saved args. The builder names the ones it needs."
+        ),
+    )
 
 
 class Parallelism(ApiModel):
