@@ -35,7 +35,6 @@ class MegatronReader:
     dir: Path
     saved_args: bool  # the checkpoint itself holds training args
 
-
     def get(self, name: str) -> torch.Tensor | None:
         """The full tensor ``name``, or None when the checkpoint has no such tensor."""
         raise NotImplementedError
