@@ -427,6 +427,30 @@ def _rerun(uid: str, ns: str, name: str, cause: str) -> Callable[[], Awaitable[N
     return again
 
 
+# LISTs across the watched namespaces: one call per namespace when they are plain names (a
+# namespaced install grants nothing cluster-wide), else one cluster-wide call.
+
+
+async def _list_watched_jobs() -> list[Obj]:
+    exact = RT.settings.exact_namespaces()
+    if exact is None:
+        return await RT.kube.list("/apis/batch/v1/jobs", jobs.SELECTOR)
+    out: list[Obj] = []
+    for namespace in exact:
+        out += await RT.kube.list(jobs_path(namespace), jobs.SELECTOR)
+    return out
+
+
+async def _list_watched_builds() -> list[Obj]:
+    exact = RT.settings.exact_namespaces()
+    if exact is None:
+        return await RT.kube.list(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+    out: list[Obj] = []
+    for namespace in exact:
+        out += await RT.kube.list(eb_path(namespace))
+    return out
+
+
 def _dequeue(uid: str) -> None:
     RT.queue.pop(uid, None)
     metrics.STATE.queued_builds = len(RT.queue)
@@ -445,7 +469,7 @@ async def prime_jobs() -> None:
         if RT.jobs_primed:
             return
         patterns = RT.settings.namespaces
-        for item in await RT.kube.list("/apis/batch/v1/jobs", jobs.SELECTOR):
+        for item in await _list_watched_jobs():
             meta = item.get("metadata") or {}
             ours = jobs.owner_of(item)
             if ours is None or meta.get("uid") in RT.job_tombstones:
@@ -831,7 +855,7 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
     if not key or not spec.output.uri.startswith("s3://"):
         return
     target = cachekey.normalize_uri(spec.output.uri)
-    for other in await RT.kube.list(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
+    for other in await _list_watched_builds():
         if (
             other["metadata"]["uid"] != uid
             and not other["metadata"].get("deletionTimestamp")

@@ -160,6 +160,13 @@ class Settings:
             tenant_policy=tenant_policy,
         )
 
+    def exact_namespaces(self) -> tuple[str, ...] | None:
+        """The watched namespaces when they are plain names (no globs, no negation): then every
+        LIST is per namespace, so a namespaced install (Roles only) suffices. None: cluster-wide."""
+        if not self.namespaces or any(c in ns for ns in self.namespaces for c in "*?[]!"):
+            return None
+        return self.namespaces
+
     def builder_image(self, backend: Backend) -> str:
         return self.builder_images[backend]
 
