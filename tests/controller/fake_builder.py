@@ -6,11 +6,16 @@ writes progress, two small "engine" files and manifest.json (last) under the pla
 S3, and the BuildResult on the termination-message path.
 What it does is chosen by the image tag in plan.builderVersion, e.g. pitcrew.test/fake-builder:MODE:
   ok          build in about a second (default)
-  sleep-N     report progress, sleep N seconds, then succeed
+  sleep-N     take N seconds, reporting compile progress once a second (20% rising to 90%), then
+              succeed
+  failonce    crash like `crash` on the first attempt for this engine, succeed on the next (the
+              marker of the first attempt is an object under the engine prefix, removed on success)
   invalid     fail with reason InvalidCheckpoint
   oom         SIGKILL itself (the local node reports that as OOMKilled, as the kernel would)
   crash       print a traceback and exit 1 without a result (last words come from the log)
   badsha      succeed but report a wrong manifest sha256 (verification must catch it)
+  nomanifest  succeed without publishing manifest.json (verification must catch it)
+  foreign     publish the manifest of another cache key (verification must catch it)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from datetime import UTC, datetime
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from pitcrew.api.plan import (
     CREDENTIAL_ENV,
@@ -37,6 +43,8 @@ from pitcrew.api.plan import (
     ProgressReport,
     Versions,
 )
+
+FAILED_ONCE = ".fake-failed-once"
 
 
 def now() -> str:
@@ -88,22 +96,39 @@ def main() -> int:
         return 2
     if mode == "oom":
         os.kill(os.getpid(), signal.SIGKILL)
+    marker = prefix + FAILED_ONCE
+    if mode == "failonce":
+        try:
+            client.head_object(Bucket=bucket, Key=marker)  # type: ignore[attr-defined]
+            client.delete_object(Bucket=bucket, Key=marker)  # type: ignore[attr-defined]
+            print("fake builder: second attempt, succeeding", flush=True)
+        except ClientError:
+            client.put_object(Bucket=bucket, Key=marker, Body=b"failed once")  # type: ignore[attr-defined]
+            mode = "crash"
     if mode == "crash":
         print("Traceback (most recent call last):\nRuntimeError: fake builder crashed on purpose", flush=True)
         return 1
-    progress("compile", 50)
-    time.sleep(int(mode.split("-", 1)[1]) if mode.startswith("sleep-") else 0.5)
+    if mode.startswith("sleep-"):
+        seconds = int(mode.split("-", 1)[1])
+        for second in range(seconds):
+            progress("compile", 20 + 70 * second // max(1, seconds - 1))
+            time.sleep(1)
+    else:
+        progress("compile", 50)
+        time.sleep(0.5)
     files = []
     for name, data in (("config.json", b'{"fake": true}'), ("rank0.engine", os.urandom(4096))):
         client.put_object(Bucket=bucket, Key=prefix + name, Body=data)  # type: ignore[attr-defined]
         files.append(ManifestFile(path=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    key = plan.cache_key if mode != "foreign" else "f" * 64
     manifest = Manifest(
-        cache_key=plan.cache_key, cache_key_inputs=plan.cache_key_inputs, backend=plan.backend,
+        cache_key=key, cache_key_inputs=plan.cache_key_inputs, backend=plan.backend,
         compute_capability=plan.target.compute_capability, files=files,
         versions=Versions(pitcrew="fake", tensorrt_llm="0.0-fake", tensorrt="0.0-fake"), created_at=now(),
     )  # fmt: skip
     body = manifest.model_dump_json(by_alias=True, exclude_none=True).encode()
-    client.put_object(Bucket=bucket, Key=prefix + MANIFEST_FILE, Body=body)  # type: ignore[attr-defined]
+    if mode != "nomanifest":
+        client.put_object(Bucket=bucket, Key=prefix + MANIFEST_FILE, Body=body)  # type: ignore[attr-defined]
     digest = hashlib.sha256(body).hexdigest() if mode != "badsha" else "0" * 64
     progress("publish", 100)
     write_result(

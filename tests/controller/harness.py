@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import yaml
@@ -265,3 +267,55 @@ def owned(cluster: ClusterInfo, kind: str, ns: str, uid: str) -> list[dict[str, 
         path, labelSelector=f"pitcrew.dev/enginebuild-uid={uid}"
     )["items"]
     return items
+
+
+class StatusRecorder:
+    """Every status the API server stores for one EngineBuild, from a watch opened before it exists.
+
+    Polling can miss a phase that lasts less than a poll; a watch from an earlier resourceVersion
+    sees every write. Use as a context manager around the test's actions.
+    """
+
+    def __init__(self, cluster: ClusterInfo, ns: str, name: str) -> None:
+        self.client = cluster.client()
+        self.path = f"{EB_API}/namespaces/{ns}/enginebuilds"
+        self.selector = f"metadata.name={name}"
+        self.rv: str = self.client.get(self.path)["metadata"]["resourceVersion"]
+        self.statuses: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch {ns}/{name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for event in self.client.watch(
+                    self.path, self.rv, timeout_seconds=2, fieldSelector=self.selector
+                ):
+                    obj = event.get("object") or {}
+                    self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.statuses.append(obj.get("status") or {})
+        except BaseException as e:  # reported by phases()/__exit__, not lost in the thread
+            self.error = e
+
+    def phases(self) -> list[str]:
+        """The phases stored, in order, without repeats."""
+        if self.error is not None:
+            raise AssertionError(f"the status watch failed: {self.error!r}")
+        out: list[str] = []
+        for st in list(self.statuses):
+            phase = st.get("phase")
+            if phase and (not out or out[-1] != phase):
+                out.append(phase)
+        return out
+
+    def __enter__(self) -> StatusRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

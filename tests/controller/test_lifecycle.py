@@ -11,6 +11,7 @@ import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,10 @@ from pitcrew_devcluster import ClusterInfo
 
 from .harness import (
     Operator,
+    StatusRecorder,
     apply,
     engine_build,
+    free_port,
     get_eb,
     install,
     new_namespace,
@@ -34,7 +37,10 @@ from .harness import (
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     install(cluster)
     seed_checkpoint(cluster)
-    op = Operator(cluster, tmp_path_factory.mktemp("operator")).start()
+    # A generous unschedulable grace: Queued must be stored before it ends, even on a busy machine.
+    op = Operator(
+        cluster, tmp_path_factory.mktemp("operator"), PITCREW_UNSCHEDULABLE_GRACE_SECONDS="10"
+    ).start()
     yield op
     op.stop()
     print(op.tail(200))
@@ -47,13 +53,18 @@ def ns(cluster: ClusterInfo) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def s3_bytes(cluster: ClusterInfo, uri: str) -> bytes | None:
+def s3_get(cluster: ClusterInfo, uri: str) -> bytes:
+    """An object's bytes; any S3 error (missing object included) propagates."""
     bucket, _, key = uri[len("s3://") :].partition("/")
-    try:
-        body: bytes = cluster.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        return body
-    except Exception:
-        return None
+    body: bytes = cluster.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+def s3_keys(cluster: ClusterInfo, uri: str) -> list[str]:
+    """Every key under a prefix (all pages); S3 errors propagate."""
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    pages = cluster.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", ()))
 
 
 def events(cluster: ClusterInfo, ns: str, name: str) -> list[str]:
@@ -74,8 +85,8 @@ def test_success_lifecycle(cluster: ClusterInfo, operator: Operator, ns: str) ->
     assert st["observedGeneration"] == eb["metadata"]["generation"]
     engine = st["engine"]
     assert engine["uri"] == f"s3://{cluster.s3.bucket}/engines/{ns}/{st['cacheKey']}/"  # type: ignore[union-attr]
-    manifest = s3_bytes(cluster, engine["manifestUri"])
-    assert manifest is not None and hashlib.sha256(manifest).hexdigest() == engine["manifestSha256"]
+    manifest = s3_get(cluster, engine["manifestUri"])
+    assert hashlib.sha256(manifest).hexdigest() == engine["manifestSha256"]
     assert engine["fileCount"] == 2 and engine["computeCapability"] == "8.0"
     assert st["progress"] == {"stage": "publish", "percent": 100}
     assert st["job"]["attempts"] == 1 and st["startTime"] and st["completionTime"]
@@ -157,10 +168,16 @@ def test_deletion_policy_delete_removes_the_engine(cluster: ClusterInfo, operato
     )
     eb = wait_phase(cluster, ns, "tmp", {"Succeeded"}, op=operator)
     assert eb["metadata"].get("finalizers") == ["pitcrew.dev/finalizer"]
-    manifest_uri = eb["status"]["engine"]["manifestUri"]
-    assert s3_bytes(cluster, manifest_uri) is not None
+    engine_uri = eb["status"]["engine"]["uri"]
+    published = [k.rsplit("/", 1)[1] for k in s3_keys(cluster, engine_uri)]
+    assert {"manifest.json", "config.json", "rank0.engine"} <= set(published), published
+    # A sibling prefix sharing the key's first characters is not touched.
+    sibling = engine_uri.rstrip("/") + "-other/keep.txt"
+    bucket, _, key = sibling[len("s3://") :].partition("/")
+    cluster.s3_client().put_object(Bucket=bucket, Key=key, Body=b"keep")
     cluster.kubectl("-n", ns, "delete", "eb", "tmp", "--timeout=60s", timeout=70)
-    assert s3_bytes(cluster, manifest_uri) is None
+    assert s3_keys(cluster, engine_uri) == []
+    assert s3_get(cluster, sibling) == b"keep"
 
 
 @pytest.mark.parametrize(
@@ -170,6 +187,8 @@ def test_deletion_policy_delete_removes_the_engine(cluster: ClusterInfo, operato
         ("oom", "OOMKilled", "memory"),
         ("crash", "BuilderError", "crashed on purpose"),
         ("badsha", "VerificationFailed", "sha256"),
+        ("nomanifest", "VerificationFailed", "manifest.json is missing or unreadable"),
+        ("foreign", "VerificationFailed", "manifest.json is missing or unreadable"),
     ],
 )
 def test_builder_failures(
@@ -182,15 +201,71 @@ def test_builder_failures(
     assert words in st["message"], st["message"]
     stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == reason
+    if mode in ("nomanifest", "foreign"):
+        # Missing means missing; foreign means a manifest is there but names another cache key.
+        keys = s3_keys(cluster, f"s3://{cluster.s3.bucket}/engines/{ns}/{st['cacheKey']}/")  # type: ignore[union-attr]
+        assert any(k.endswith("/manifest.json") for k in keys) == (mode == "foreign"), keys
+
+
+def test_retry_after_a_failed_attempt_succeeds(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    # The first pod crashes, the Job starts a second (backoffLimit = retryLimit), which succeeds.
+    with StatusRecorder(cluster, ns, "flaky") as seen:
+        apply(cluster, engine_build(cluster, "flaky", ns, mode="failonce", retryLimit=1))
+        eb = wait_phase(cluster, ns, "flaky", {"Succeeded", "Failed"}, timeout=120, op=operator)
+    st = eb["status"]
+    assert (st["phase"], st["reason"], st["job"]["attempts"]) == ("Succeeded", "Succeeded", 2), st
+    # The second attempt's statuses say why it is running again.
+    retried = [x for x in seen.statuses if "attempt 2; previous: BuilderError" in x.get("message", "")]
+    assert retried, f"no status named the retry: {[x.get('message') for x in seen.statuses]}"
+    assert "crashed on purpose" in retried[0]["message"], retried[0]
+    assert "Failed" not in seen.phases()
+    keys = s3_keys(cluster, st["engine"]["uri"])
+    assert not any(k.endswith(".fake-failed-once") for k in keys), keys  # the second attempt ran
+    (job,) = owned(cluster, "jobs", ns, eb["metadata"]["uid"])
+    assert job["status"]["failed"] == 1 and job["status"]["succeeded"] == 1, job["status"]
+
+
+def test_source_missing_then_uploaded(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    assert cluster.s3 is not None
+    source = f"s3://{cluster.s3.bucket}/ckpt/{ns}/"
+    apply(cluster, engine_build(cluster, "nosrc", ns, **{"source.uri": source}))
+    st = wait_phase(cluster, ns, "nosrc", {"Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "SourceUnavailable"), st
+    assert st["message"] == (
+        f"spec.source.uri: no objects under {source}: upload the checkpoint or fix the URI"
+    ), st
+    # The controller retries: once the checkpoint is there, the build goes through.
+    s3 = cluster.s3_client()
+    s3.put_object(Bucket=cluster.s3.bucket, Key=f"ckpt/{ns}/config.json", Body=b'{"hidden_size": 64}')
+    done = wait_phase(cluster, ns, "nosrc", {"Succeeded"}, timeout=90, op=operator)
+    assert done["status"]["cacheHit"] is False
+
+
+def test_storage_unreachable(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    apply(cluster, engine_build(cluster, "src", ns, **{"source.endpoint": dead}))
+    apply(cluster, engine_build(cluster, "out", ns, **{"output.endpoint": dead}))
+    st = wait_phase(cluster, ns, "src", {"Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "SourceUnavailable"), st
+    assert st["message"].startswith("spec.source.uri: cannot list the checkpoint: listing s3://"), st
+    assert dead in st["message"], st
+    st = wait_phase(cluster, ns, "out", {"Pending", "Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Pending", "StorageUnavailable"), st
+    assert st["message"].startswith("spec.output.uri: cannot look for a published engine: reading s3://"), st
+    for name in ("src", "out"):
+        assert owned(cluster, "jobs", ns, get_eb(cluster, ns, name)["metadata"]["uid"]) == []  # type: ignore[index]
 
 
 def test_unschedulable_gpu(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
-    apply(cluster, engine_build(cluster, "h100", ns, **{"target.gpuProduct": "NVIDIA-H100-80GB-HBM3"}))
-    queued = wait_phase(cluster, ns, "h100", {"Queued", "Failed"}, op=operator)
-    assert queued["status"]["phase"] == "Queued", queued["status"]
-    failed = wait_phase(cluster, ns, "h100", {"Failed"}, timeout=30, op=operator)
+    with StatusRecorder(cluster, ns, "h100") as seen:
+        apply(cluster, engine_build(cluster, "h100", ns, **{"target.gpuProduct": "NVIDIA-H100-80GB-HBM3"}))
+        failed = wait_phase(cluster, ns, "h100", {"Failed"}, timeout=90, op=operator)
     st = failed["status"]
     assert st["reason"] == "Unschedulable" and "nvidia.com/gpu.product" in st["message"], st
+    # Queued (with the scheduler's reason) was stored before the grace ran out.
+    assert seen.phases() == ["Queued", "Failed"], seen.statuses
+    queued = next(x for x in seen.statuses if x.get("phase") == "Queued")
+    assert queued["reason"] == "Unschedulable", queued
     wait_for("the stuck Job to be deleted", lambda: not owned(cluster, "jobs", ns, failed["metadata"]["uid"]))
 
 
@@ -228,18 +303,46 @@ def test_deadline_exceeded(cluster: ClusterInfo, operator: Operator, ns: str) ->
     assert "timeoutSeconds" in st["message"]
 
 
+def _progress(cluster: ClusterInfo, ns: str, name: str) -> dict[str, Any] | None:
+    st = (get_eb(cluster, ns, name) or {}).get("status") or {}
+    progress: dict[str, Any] | None = st.get("progress") if st.get("phase") == "Building" else None
+    return progress
+
+
 @pytest.mark.slow
 def test_operator_restart_mid_build(
     cluster: ClusterInfo, operator: Operator, ns: str, tmp_path: Path
 ) -> None:
-    apply(cluster, engine_build(cluster, "r", ns, mode="sleep-8"))
+    # 45 s of build: long enough to outlive a restart on a busy machine (checked, not assumed).
+    apply(cluster, engine_build(cluster, "r", ns, mode="sleep-45"))
     eb = wait_phase(cluster, ns, "r", {"Building"}, op=operator)
     uid = eb["metadata"]["uid"]
+    # Progress read from the builder's report while it builds (not the final publish/100).
+    before = wait_for(
+        "compile progress from the builder",
+        lambda: (p := _progress(cluster, ns, "r")) and p["stage"] == "compile" and p,
+        op=operator,
+    )
+    assert 20 <= before["percent"] < 100, before
     operator.stop(signal.SIGKILL)  # a crash, not a graceful stop
     try:
         operator.start()
-        done = wait_phase(cluster, ns, "r", {"Succeeded", "Failed"}, timeout=60, op=operator)
+        st = get_eb(cluster, ns, "r")["status"]  # type: ignore[index]
+        (job,) = owned(cluster, "jobs", ns, uid)
+        assert not job["status"].get("succeeded") and not job["status"].get("failed"), (
+            f"the build ended before the operator was back; make it longer: {job['status']}"
+        )
+        assert st["phase"] == "Building", st
+        # The new process follows the running build: the progress it writes keeps rising.
+        after = wait_for(
+            "progress written by the restarted operator",
+            lambda: (p := _progress(cluster, ns, "r")) and p["percent"] > before["percent"] and p,
+            op=operator,
+        )
+        assert after["stage"] == "compile", after
+        done = wait_phase(cluster, ns, "r", {"Succeeded", "Failed"}, timeout=90, op=operator)
         assert done["status"]["phase"] == "Succeeded", done["status"]
+        assert done["status"]["job"]["attempts"] == 1, done["status"]
         assert len(owned(cluster, "jobs", ns, uid)) == 1  # no second Job
     finally:
         if operator.proc is None or operator.proc.poll() is not None:
