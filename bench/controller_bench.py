@@ -1,21 +1,27 @@
 """Controller benchmarks on the devcluster: apply->Job latency, writes per build, memory.
 
-    .venv/bin/python bench/controller_bench.py [--single 20] [--burst 500] [--objects 2000]
+    .venv/bin/python bench/controller_bench.py [--single 20] [--burst 500] [--objects 2000] [--repeat 3]
 
-Brings up its own devcluster (binaries must be built: hack/build-tools.sh) with kwok GPU nodes,
-runs the operator as a subprocess (bench/counting_operator.py: `python -m pitcrew` with its
-Kubernetes write requests counted client-side) and prints a Markdown report (docs/benchmarks.md).
+Each run brings up its own devcluster (binaries must be built: hack/build-tools.sh) with kwok GPU
+nodes, runs the operator as a subprocess (bench/counting_operator.py: `python -m pitcrew` with its
+Kubernetes write requests counted client-side), measures, and tears everything down. The whole run
+is repeated --repeat times; the Markdown report (docs/benchmarks.md) gives the median of the runs
+next to each run's value. Latencies are reported as p50, p90 and max: with 20 samples a "p99" would
+only be the maximum under another name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +45,40 @@ KWOK_PRODUCT = "NVIDIA-L4"
 
 
 class JobWatch:
-    """Records when each Job (by its EngineBuild name) is first seen on a watch stream."""
+    """Records when each Job (by its EngineBuild name) is first seen on a watch stream.
+
+    The watch is re-opened every 2 s (server-side timeout) so stop() returns promptly and the thread
+    never outlives the cluster (which would end its stream mid-response).
+    """
 
     def __init__(self, client: Any, ns: str) -> None:
         self.client, self.ns = client, ns
         self.seen: dict[str, float] = {}
-        self._stop = False
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
         rv = client.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["metadata"]["resourceVersion"]
         self.thread = threading.Thread(target=self._run, args=(rv,), daemon=True)
         self.thread.start()
 
     def _run(self, rv: str) -> None:
-        while not self._stop:
-            for ev in self.client.watch(f"/apis/batch/v1/namespaces/{self.ns}/jobs", rv, timeout_seconds=60):
-                obj = ev.get("object", {})
-                rv = obj.get("metadata", {}).get("resourceVersion", rv)
-                if ev.get("type") == "ADDED":
-                    name = (obj["metadata"].get("annotations") or {}).get("pitcrew.dev/enginebuild")
-                    if name and name not in self.seen:
-                        self.seen[name] = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                path = f"/apis/batch/v1/namespaces/{self.ns}/jobs"
+                for ev in self.client.watch(path, rv, timeout_seconds=2):
+                    obj = ev.get("object", {})
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if ev.get("type") == "ADDED":
+                        name = (obj["metadata"].get("annotations") or {}).get("pitcrew.dev/enginebuild")
+                        if name and name not in self.seen:
+                            self.seen[name] = time.monotonic()
+        except Exception as e:
+            self.error = e
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=30)
+        if self.error is not None:
+            raise RuntimeError(f"job watch of {self.ns} failed: {self.error!r}")
 
 
 # The kwok builds' pod settings, granted to every namespace (pitcrew.tenancy's default grants none).
@@ -80,8 +101,25 @@ def kwok_build(cluster: Any, name: str, ns: str) -> dict[str, Any]:
 
 
 def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q=0.9: the value 90 % of the samples do not exceed)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Run:
+    writes: dict[str, float] = field(default_factory=dict)  # per build, by request
+    writes_total: float = 0.0
+    writes_no_events: float = 0.0
+    single: list[float] = field(default_factory=list)  # ms
+    burst: list[float] = field(default_factory=list)  # ms
+    burst_applied_s: float = 0.0
+    burst_all_s: float = 0.0
+    objects: int = 0
+    rss_live: float = 0.0
+    rss_peak: float = 0.0
+    rss_settled: float = 0.0
+    rss_restart: float = 0.0
 
 
 def phase(client: Any, ns: str, name: str) -> str | None:
@@ -98,13 +136,14 @@ def counts(path: Path) -> dict[str, int]:
         return {}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--single", type=int, default=20)
     ap.add_argument("--burst", type=int, default=500)
     ap.add_argument("--objects", type=int, default=2000)
     ap.add_argument("--builds", type=int, default=5, help="real (fake-builder) builds for the write count")
     ap.add_argument("--kwok-nodes", type=int, default=70)
+    ap.add_argument("--repeat", type=int, default=3, help="whole runs (fresh devcluster each); medians")
     ap.add_argument(
         "--max-active-builds",
         default="0",
@@ -116,14 +155,19 @@ def main() -> int:
         default="2",
         help="MALLOC_ARENA_MAX of the operator, as helm/pitcrew sets it ('' leaves glibc's default)",
     )
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run_once(args: argparse.Namespace) -> Run:
+    result = Run()
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
     t = time.monotonic()
     cluster = up(
         UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, image_rules=[fake_builder_rule()])
     )
-    report: list[str] = []
+    watches: list[JobWatch] = []
+    op: Operator | None = None
     try:
         install(cluster)
         start_kwok(
@@ -161,31 +205,25 @@ def main() -> int:
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
         total = sum(delta.values())
         events = sum(v for k, v in delta.items() if "events" in k)
-        report.append(
-            f"### API writes per successful build ({args.builds} builds, fake builder, ~3 s each)\n"
-        )
-        report.append("| Request | per build |\n|---|---|")
-        for k, v in sorted(delta.items()):
-            report.append(f"| `{k}` | {v / args.builds:.1f} |")
-        per, bare = total / args.builds, (total - events) / args.builds
-        report.append(f"| **total** | **{per:.1f}** (without Events: {bare:.1f}) |\n")
+        result.writes = {k: v / args.builds for k, v in delta.items()}
+        result.writes_total, result.writes_no_events = total / args.builds, (total - events) / args.builds
 
         # 2. Single-object latency, apply -> Job created (kwok nodes).
         ns = new_namespace(cluster, "single")
         watch = JobWatch(client, ns)
-        lat: list[float] = []
+        watches.append(watch)
         for i in range(args.single):
             t0 = time.monotonic()
             client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", kwok_build(cluster, f"s{i}", ns))
             wait_for(f"job of s{i}", lambda i=i: f"s{i}" in watch.seen, timeout=30, interval=0.005, op=op)
-            lat.append((watch.seen[f"s{i}"] - t0) * 1000)
+            result.single.append((watch.seen[f"s{i}"] - t0) * 1000)
             time.sleep(0.2)
-        report.append(f"### Apply -> Job created, one object at a time ({args.single} objects)\n")
-        report.append(f"p50 {pct(lat, 0.5):.0f} ms, p99 {pct(lat, 0.99):.0f} ms, max {max(lat):.0f} ms\n")
+        watch.stop()
 
         # 3. Burst.
         ns = new_namespace(cluster, "burst")
         watch = JobWatch(client, ns)
+        watches.append(watch)
         starts: dict[str, float] = {}
 
         def create(i: int) -> None:
@@ -195,16 +233,11 @@ def main() -> int:
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(create, range(args.burst)))
-        applied = time.monotonic() - t0
+        result.burst_applied_s = time.monotonic() - t0
         wait_for("all burst Jobs", lambda: len(watch.seen) >= args.burst, timeout=300, interval=0.1, op=op)
-        total_s = max(watch.seen.values()) - t0
-        blat = [(watch.seen[n] - starts[n]) * 1000 for n in starts]
-        report.append(f"### Burst of {args.burst} objects (applied in {applied:.1f} s by 8 client threads)\n")
-        report.append(
-            f"apply -> Job p50 {pct(blat, 0.5):.0f} ms, p99 {pct(blat, 0.99):.0f} ms; all {args.burst} Jobs "
-            f"created {total_s:.1f} s after the first apply. "
-            f"Operator RSS after the burst: {op.rss_mib():.0f} MiB\n"
-        )
+        result.burst_all_s = max(watch.seen.values()) - t0
+        result.burst = [(watch.seen[n] - starts[n]) * 1000 for n in starts]
+        watch.stop()
 
         # 4. Memory with N EngineBuilds (cache hits of one published engine: the steady state).
         ns = new_namespace(cluster, "mem")
@@ -221,24 +254,73 @@ def main() -> int:
             return sum((i.get("status") or {}).get("phase") == "Succeeded" for i in items) >= n + 1
 
         wait_for("all cache hits", all_done, timeout=600, interval=2, op=op)
-        total_objs = len(client.get(f"{EB_API}/enginebuilds")["items"])
-        rss_live, rss_peak = op.rss_mib(), op.rss_mib("VmHWM")
+        result.objects = len(client.get(f"{EB_API}/enginebuilds")["items"])
+        result.rss_live, result.rss_peak = op.rss_mib(), op.rss_mib("VmHWM")
         time.sleep(30)  # the poller hands freed heap back every 10 s (pitcrew.memory)
-        rss_settled = op.rss_mib()
+        result.rss_settled = op.rss_mib()
         op.stop()
         op.start()
         time.sleep(20)  # resume of every object
-        rss_restart = op.rss_mib()
-        report.append(f"### Memory with {total_objs} EngineBuilds\n")
-        report.append(
-            f"operator RSS {rss_live:.0f} MiB right after handling them live ({n} cache hits + the builds "
-            f"above; peak {rss_peak:.0f} MiB), {rss_settled:.0f} MiB 30 s later; "
-            f"{rss_restart:.0f} MiB 20 s after a restart (resume of every object)\n"
-        )
-        op.stop()
+        result.rss_restart = op.rss_mib()
     finally:
+        for w in watches:
+            w._stop.set()
+        for w in watches:
+            w.thread.join(timeout=30)
+        if op is not None:
+            op.stop()
         down(sd)
-    print("\n".join(report))
+    return result
+
+
+def _cells(values: list[float], fmt: str) -> str:
+    return f"**{format(statistics.median(values), fmt)}** ({', '.join(format(v, fmt) for v in values)})"
+
+
+def report(args: argparse.Namespace, runs: list[Run]) -> str:
+    lines = [
+        f"Median of {len(runs)} runs (each run's value in brackets, in run order); each run is a fresh "
+        "devcluster and operator.\n",
+        "| Measure | median (runs) |",
+        "|---|---|",
+    ]
+
+    def row(label: str, values: list[float], fmt: str = ".0f", unit: str = "") -> None:
+        lines.append(f"| {label} | {_cells(values, fmt)}{unit} |")
+
+    one = f"apply -> Job created, one object at a time ({args.single} objects)"
+    row(f"{one}: p50", [pct(r.single, 0.5) for r in runs], unit=" ms")
+    row(f"{one}: p90", [pct(r.single, 0.9) for r in runs], unit=" ms")
+    row(f"{one}: max", [max(r.single) for r in runs], unit=" ms")
+    burst = f"burst of {args.burst} (8 client threads)"
+    row(f"{burst}: all Jobs created, s after the first apply", [r.burst_all_s for r in runs], ".1f", " s")
+    row(f"{burst}: applies took", [r.burst_applied_s for r in runs], ".1f", " s")
+    row(f"{burst}: apply -> Job p50", [pct(r.burst, 0.5) / 1000 for r in runs], ".1f", " s")
+    row(f"{burst}: apply -> Job p90", [pct(r.burst, 0.9) / 1000 for r in runs], ".1f", " s")
+    row(f"{burst}: apply -> Job max", [max(r.burst) / 1000 for r in runs], ".1f", " s")
+    row(f"API writes per successful build ({args.builds} builds)", [r.writes_total for r in runs], ".1f")
+    row("... without Events", [r.writes_no_events for r in runs], ".1f")
+    objects = runs[0].objects
+    row(f"operator RSS with {objects} EngineBuilds: peak", [r.rss_peak for r in runs], unit=" MiB")
+    row("... right after handling them", [r.rss_live for r in runs], unit=" MiB")
+    row("... 30 s later", [r.rss_settled for r in runs], unit=" MiB")
+    row("... 20 s after a restart (resume of every object)", [r.rss_restart for r in runs], unit=" MiB")
+    lines.append("\nAPI writes per successful build, by request (median of the runs):\n")
+    lines.append("| Request | per build |\n|---|---|")
+    for k in sorted({k for r in runs for k in r.writes}):
+        lines.append(f"| `{k}` | {statistics.median([r.writes.get(k, 0.0) for r in runs]):.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    runs: list[Run] = []
+    for i in range(args.repeat):
+        t = time.monotonic()
+        runs.append(run_once(args))
+        print(f"run {i + 1}/{args.repeat} done in {time.monotonic() - t:.0f} s", file=sys.stderr)
+        print(report(args, runs[-1:]), file=sys.stderr)
+    print(report(args, runs))
     return 0
 
 

@@ -18,6 +18,7 @@ from pitcrew_devcluster import ClusterInfo
 from .harness import (
     FAKE,
     Operator,
+    StatusRecorder,
     apply,
     engine_build,
     get_eb,
@@ -135,28 +136,42 @@ def test_builder_upgrade_rebuilds_unpinned_builds(cluster: ClusterInfo, ns: str,
     for name in ("u1", "u2"):
         assert before[name]["status"]["builderImage"] == f"{FAKE}:ok"
 
-    new_image = f"{FAKE}:ok2"
+    # The new image builds for 8 s: long enough that the rebuild in progress is stored and seen.
+    new_image = f"{FAKE}:sleep-8"
+    recorders = {n: StatusRecorder(cluster, ns, n) for n in bodies}
+    for r in recorders.values():
+        r.__enter__()
     op = Operator(cluster, tmp_path / "b", PITCREW_BUILDER_IMAGE=new_image).start()
     try:
         upgraded: dict[str, dict[str, Any]] = {}
-        ready_while_rebuilding: list[str] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(upgraded) < 2:
-            for name in ("u1", "u2"):
-                st = _phase(cluster, ns, name)
-                conds = {c["type"]: c for c in st.get("conditions") or ()}
-                if conds.get("Reconciling", {}).get("status") == "True":
-                    # Mid-upgrade: the old engine is still recorded and Ready says so.
-                    ready_while_rebuilding.append(conds["Ready"]["status"])
-                    assert conds["Reconciling"]["reason"] == "BuilderUpgrade", st
-                    assert st["engine"]["uri"].rstrip("/").endswith(before[name]["status"]["cacheKey"]), st
-                if st.get("phase") == "Succeeded" and st.get("builderImage") == new_image:
-                    upgraded[name] = st
-            time.sleep(0.2)
-        assert set(upgraded) == {"u1", "u2"}, op.tail()
-        assert set(ready_while_rebuilding) <= {"True"}
+        for name in ("u1", "u2"):
+            upgraded[name] = wait_for(
+                f"{name} rebuilt with {new_image}",
+                lambda n=name: (
+                    (st := _phase(cluster, ns, n)).get("phase") == "Succeeded"
+                    and st.get("builderImage") == new_image
+                    and st
+                ),
+                timeout=120,
+                op=op,
+            )
         for name, st in upgraded.items():
             old = before[name]["status"]
+            # Mid-upgrade (stored while the new Job ran): Reconciling, and the old engine still Ready.
+            rebuilding = [
+                x
+                for x in recorders[name].statuses
+                if any(
+                    c["type"] == "Reconciling" and c["status"] == "True" for c in x.get("conditions") or ()
+                )
+            ]
+            assert rebuilding, f"{name}: no status showed the rebuild in progress: {recorders[name].phases()}"
+            assert any(x.get("phase") == "Building" for x in rebuilding), [x.get("phase") for x in rebuilding]
+            for x in rebuilding:
+                conds = {c["type"]: c for c in x["conditions"]}
+                assert conds["Reconciling"]["reason"] == "BuilderUpgrade", x
+                assert conds["Ready"]["status"] == "True", x
+                assert x["engine"]["uri"].rstrip("/").endswith(old["cacheKey"]), x
             assert st["cacheKey"] != old["cacheKey"]
             assert st["engine"]["uri"].rstrip("/").endswith(st["cacheKey"])
             assert st["engine"]["manifestSha256"] != old["engine"]["manifestSha256"]
@@ -171,13 +186,17 @@ def test_builder_upgrade_rebuilds_unpinned_builds(cluster: ClusterInfo, ns: str,
                 "events", lambda n=name: (r := _events(cluster, ns, n)) and "BuilderUpgrade" in r
             )
             assert reasons
-        # The pinned build is left alone: same status, no new Job.
-        time.sleep(2)
+        # The pinned build is left alone. Checked after the positive event (both unpinned builds
+        # rebuilt, which the operator decided at the same resume as the pinned one) plus poll periods.
+        time.sleep(3 * float(op.env["PITCREW_POLL_SECONDS"]))
         pinned = get_eb(cluster, ns, "pinned")
         assert pinned is not None
         assert pinned["status"] == before["pinned"]["status"]
+        assert [x for x in recorders["pinned"].statuses if x != before["pinned"]["status"]] == []
         jobs_now = {j["metadata"]["name"] for j in owned(cluster, "jobs", ns, uids["pinned"])}
         assert jobs_now == jobs_before["pinned"]
         assert "BuilderUpgrade" not in _events(cluster, ns, "pinned")
     finally:
         op.stop()
+        for r in recorders.values():
+            r.__exit__(None, None, None)
