@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controller.harness import BUILD_TOOLS
-from pitcrew_devcluster import DevclusterError, UpOptions, cluster, controlplane, up
+from pitcrew_devcluster import DevclusterError, UpOptions, cluster, controlplane, readiness, up
 from pitcrew_devcluster.procs import alive
 from pitcrew_devcluster.state import STATE_FILE
 
@@ -38,30 +40,39 @@ def test_component_exiting_early_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(controlplane, "etcd", broken_etcd)
     start = time.monotonic()
     with pytest.raises(DevclusterError) as err:
-        up(UpOptions(state_dir=tmp_path, build=False, s3=False, build_tools=BUILD_TOOLS))
+        # A phase timeout far beyond the check below: only noticing the exit can end `up` in time.
+        up(UpOptions(state_dir=tmp_path, build=False, build_tools=BUILD_TOOLS, s3=False, timeout=600))
+    elapsed = time.monotonic() - start
     message = str(err.value)
-    assert message.startswith("etcd: exited early with code")
+    assert message.startswith("etcd: exited early with code"), message
     assert "no-such-flag" in message
     assert f"(log: {tmp_path}/logs/etcd.log)" in message
-    assert time.monotonic() - start < 30
+    assert elapsed < 300, f"the exit was noticed only after {elapsed:.0f} s (phase timeout 600 s)"
     assert not (tmp_path / STATE_FILE).exists()
     assert _pids_started(tmp_path) == []
 
 
 def test_readiness_timeout_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cluster, "node_ready", lambda client, name: False)
-    start = time.monotonic()
-    # The timeout applies per phase; the first phase (etcd, apiserver) must fit in it.
-    with pytest.raises(
-        DevclusterError, match=r"(?s)node pitcrew-local: not ready after 15 s .*localnode\.log"
-    ):
-        up(UpOptions(state_dir=tmp_path, build=False, s3=False, timeout=15, build_tools=BUILD_TOOLS))
-    assert time.monotonic() - start < 45
+    real_wait = readiness.wait
+
+    def wait(checks: list[readiness.Check], running: Any, *, timeout: float, **kwargs: Any) -> None:
+        # The node's phase times out after 15 s; the others (a second etcd and apiserver starting
+        # next to the session's cluster on a busy machine) get a generous 300 s.
+        node_phase = any(c.component.startswith("node ") for c in checks)
+        real_wait(checks, running, timeout=15 if node_phase else 300, **kwargs)
+
+    monkeypatch.setattr(readiness, "wait", wait)
+    with pytest.raises(DevclusterError) as err:
+        up(UpOptions(state_dir=tmp_path, build=False, build_tools=BUILD_TOOLS, s3=False))
+    message = str(err.value)
+    assert re.match(r"(?s)node pitcrew-local: not ready after 15 s .*localnode\.log", message), message
     assert _pids_started(tmp_path) == []
 
 
 def test_down_stops_running_pods(tmp_path: Path) -> None:
-    info = up(UpOptions(state_dir=tmp_path, build=False, s3=False, build_tools=BUILD_TOOLS))
+    # A second cluster next to the session's on a busy machine: generous per-phase deadlines.
+    info = up(UpOptions(state_dir=tmp_path, build=False, s3=False, build_tools=BUILD_TOOLS, timeout=300))
     try:
         pod = {
             "apiVersion": "v1",
@@ -94,7 +105,7 @@ def test_down_stops_running_pods(tmp_path: Path) -> None:
             },
         }
         info.kubectl("apply", "-f", "-", input=json.dumps(pod))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         phase = ""
         while time.monotonic() < deadline:
             got = info.kubectl_json("get", "pod", "sleeper", "-n", "default")
@@ -102,7 +113,7 @@ def test_down_stops_running_pods(tmp_path: Path) -> None:
             if phase == "Running":
                 break
             time.sleep(0.25)
-        assert phase == "Running"
+        assert phase == "Running", f"the pod is {phase!r} after 180 s: {got.get('status')}"
         init_state = got["status"]["initContainerStatuses"][0]["state"]["terminated"]
         assert (init_state["exitCode"], init_state["reason"]) == (0, "Completed")
         pid = int(got["status"]["containerStatuses"][0]["containerID"].removeprefix("localnode://"))
