@@ -137,6 +137,7 @@ class Operator:
         self.log = workdir / "operator.log"
 
     def start(self) -> Operator:
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -146,7 +147,10 @@ class Operator:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited: {self.tail()}")
-            if "pitcrew operator starting" in self.log.read_text(errors="replace"):
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                started = b"pitcrew operator starting" in f.read()
+            if started:
                 time.sleep(1.0)  # let the watches start
                 return self
             time.sleep(0.2)
