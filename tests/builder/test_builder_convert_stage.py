@@ -10,6 +10,7 @@ from pitcrew.api.v1alpha1 import Quantization
 from pitcrew_builder.checkpoint import read_config
 from pitcrew_builder.convert.calibration import builtin_lines
 from pitcrew_builder.stages.convert import run_convert
+from pitcrew_devcluster.s3server import S3Info
 
 
 def save_word_tokenizer(path: Path, vocab_size: int) -> None:
@@ -58,3 +59,33 @@ def test_calibration_dataset_file_with_input_ids_and_a_missing_tokenizer(tmp_pat
     )
     run_convert(plan, source, tmp_path / "b", lambda _m, _f: None)
     assert read_config(tmp_path / "b").quantization.quant_algo == "FP8"
+
+
+def test_calibration_dataset_read_from_s3(
+    s3: S3Info, s3_prefix: str, clean_env: None, tmp_path: Path
+) -> None:
+    from pitcrew_builder.pipeline import Options, _object_reader
+
+    source = tmp_path / "hf"
+    make_llama(source)
+    key = f"{s3_prefix}/calib/ids.jsonl"
+    body = "\n".join(f'{{"input_ids": [{i}, {i + 3}, 5, 8]}}' for i in range(12))
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=body.encode())
+    plan = make_plan(source_uri=source.as_uri(), output_uri="s3://unused/out", source_format="hf")
+    plan.quantization = Quantization.model_validate(
+        {"kvCache": "int8", "calibration": {"dataset": f"s3://{s3.bucket}/{key}", "samples": 6}}
+    )
+    reader = _object_reader(plan, Options.from_env(str(tmp_path / "work")))
+    run_convert(plan, source, tmp_path / "ckpt", lambda _m, _f: None, reader)
+    assert read_config(tmp_path / "ckpt").quantization.kv_cache_quant_algo == "INT8"
+    assert (tmp_path / "calibration.jsonl").read_text() == body
+    missing = Quantization.model_validate(
+        {"kvCache": "int8", "calibration": {"dataset": f"s3://{s3.bucket}/{s3_prefix}/nope.jsonl"}}
+    )
+    plan.quantization = missing
+    from pitcrew_builder.errors import InvalidSpec
+
+    with pytest.raises(
+        InvalidSpec, match=r"quantization\.calibration\.dataset: s3://.*nope\.jsonl does not exist"
+    ):
+        run_convert(plan, source, tmp_path / "ckpt2", lambda _m, _f: None, reader)
