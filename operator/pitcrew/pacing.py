@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,9 +80,20 @@ def order(entries: Iterable[QueueEntry]) -> list[QueueEntry]:
     return sorted(entries)
 
 
-def ahead_of(entry: QueueEntry, queue: Iterable[QueueEntry]) -> int:
-    """How many queued builds (other than this one) are served before it."""
-    return sum(1 for other in queue if other.uid != entry.uid and other < entry)
+def ahead_of(entry: QueueEntry, queue: Iterable[QueueEntry], skip: Container[str] = ()) -> int:
+    """How many queued builds (other than this one) are served before it; `skip`: builds whose
+    admission failed and that wait for a retry do not hold the others back."""
+    return sum(1 for other in queue if other.uid != entry.uid and other < entry and other.uid not in skip)
+
+
+def serve_order(entries: Iterable[QueueEntry], backoff: Mapping[str, float], now: float) -> list[QueueEntry]:
+    """The queue in serving order, without builds whose failed admission waits for its retry time
+    (`backoff`: uid -> monotonic time): one build whose S3 calls keep failing must not stop all."""
+    return sorted(e for e in entries if backoff.get(e.uid, 0.0) <= now)
+
+
+def backing_off(backoff: Mapping[str, float], now: float) -> frozenset[str]:
+    return frozenset(uid for uid, until in backoff.items() if until > now)
 
 
 def waiting_message(active: int, cap: int, ahead: int) -> str:

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import fnmatch
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -453,6 +454,7 @@ async def _list_watched_builds() -> list[Obj]:
 
 def _dequeue(uid: str) -> None:
     RT.queue.pop(uid, None)
+    RT.admit_backoff.pop(uid, None)
     metrics.STATE.queued_builds = len(RT.queue)
 
 
@@ -494,7 +496,8 @@ async def start_job(
         await prime_jobs()
     async with RT.admission_lock if cap > 0 else contextlib.nullcontext():
         if cap > 0:
-            active, ahead = RT.active_jobs(), pacing.ahead_of(entry, RT.queue.values())
+            skip = pacing.backing_off(RT.admit_backoff, time.monotonic())
+            active, ahead = RT.active_jobs(), pacing.ahead_of(entry, RT.queue.values(), skip)
             if not pacing.admit(active, cap, ahead):
                 RT.queue[entry.uid] = entry
                 metrics.STATE.queued_builds = len(RT.queue)
@@ -539,29 +542,49 @@ async def run(uid: str, ns: str, name: str, cause: str) -> None:
         if cause == "upgrade":
             RT.upgrades_tried.pop(uid, None)
         elif cause == "admit":
-            # Back in line (its place is by age): the next poll tries again.
-            created = str(body["metadata"].get("creationTimestamp") or "")
-            RT.queue.setdefault(uid, pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
+            _requeue_later(uid, ns, name, str(body["metadata"].get("creationTimestamp") or ""))
     finally:
         if patch.get("status"):
             await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch["status"]})
 
 
+def _requeue_later(uid: str, ns: str, name: str, created: str) -> None:
+    """Back in line (its place is by age) after a failed admission; tried again after
+    PITCREW_RETRY_SECONDS, and meanwhile not counted ahead of anyone."""
+    RT.queue.setdefault(uid, pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
+    RT.admit_backoff[uid] = time.monotonic() + RT.settings.retry_seconds
+    metrics.STATE.queued_builds = len(RT.queue)
+
+
 async def admit_queued() -> None:
-    """Starts queued builds, oldest first, while build slots are free."""
+    """Starts queued builds, oldest first, while build slots are free.
+
+    A build whose admission fails (S3 or API trouble) goes back in line with a retry time and the
+    next one is tried: one failing build does not stop admissions for everyone.
+    """
     if not RT.queue:
         return
     async with RT.admitting:
         cap = RT.settings.max_active_builds
         await prime_jobs()
-        while RT.queue:
-            head = pacing.order(RT.queue.values())[0]
+        for entry in pacing.serve_order(RT.queue.values(), RT.admit_backoff, time.monotonic()):
+            if entry.uid not in RT.queue:
+                continue  # gone meanwhile (deleted, or started by its own handler)
             if not pacing.admit(RT.active_jobs(), cap):
                 break
-            _dequeue(head.uid)
-            await run(head.uid, head.namespace, head.name, "admit")
-            if head.uid in RT.queue:
-                break  # it went back (a slot was taken meanwhile, or a transient error)
+            _dequeue(entry.uid)
+            try:
+                await run(entry.uid, entry.namespace, entry.name, "admit")
+            except Exception as e:
+                metrics.ERRORS.labels("admit").inc()
+                log.warning(
+                    "admission failed",
+                    extra={"eb": f"{entry.namespace}/{entry.name}", "error": repr(e)[:300]},
+                )
+                _requeue_later(entry.uid, entry.namespace, entry.name, entry.created)
+                continue
+            if entry.uid in RT.queue and entry.uid not in RT.admit_backoff:
+                break  # it went back because the slot was taken meanwhile
         metrics.STATE.queued_builds = len(RT.queue)
 
 

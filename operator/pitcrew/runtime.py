@@ -104,6 +104,9 @@ class Runtime:
     # Builds waiting for a slot under PITCREW_MAX_ACTIVE_BUILDS (uid -> entry), served in
     # pacing.order. In memory only: after a restart the resume handlers queue them again.
     queue: dict[str, QueueEntry] = field(default_factory=dict)
+    # Queued builds whose admission failed (e.g. S3 down for their bucket): uid -> monotonic time
+    # before which they are not tried again and do not hold back the builds behind them.
+    admit_backoff: dict[str, float] = field(default_factory=dict)
     # Held from the admission decision to the Job being in `jobs`, so two builds cannot both take
     # the last slot.
     admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -142,6 +145,7 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self.in_flight.pop(uid, None)
         self.queue.pop(uid, None)
+        self.admit_backoff.pop(uid, None)
         self.upgrades_tried.pop(uid, None)
         for engine in [e for e, by_uid in self.waiters.items() if uid in by_uid]:
             self.waiters[engine].pop(uid, None)
