@@ -166,6 +166,12 @@ def failed_pod_verdict(pod: Mapping[str, Any], attempts: int) -> Verdict:
     )
 
 
+def completed(job: Mapping[str, Any]) -> bool:
+    """The Job says it succeeded (Complete, or SuccessCriteriaMet before Complete)."""
+    conds = _conditions(job)
+    return bool(_true(conds, "Complete") or _true(conds, "SuccessCriteriaMet"))
+
+
 def evaluate(
     job: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],

@@ -29,7 +29,7 @@ from pitcrew.api.v1alpha1 import (
     Phase,
 )
 from pitcrew.kube import Conflict, ns_path
-from pitcrew.runtime import RT, Obj, trim_job
+from pitcrew.runtime import RT, Obj, trim_job, trim_pod
 from pitcrew.storage import Credentials, StorageError, sha256
 from pitcrew.validation import InvalidSpec, Problem, Resolved, secret_refs, validate
 
@@ -678,6 +678,12 @@ async def sync(uid: str, ns: str, name: str) -> None:
             if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name", job_name) == job_name
             and (p["metadata"].get("labels") or {}).get("job-name", job_name) == job_name
         ]
+        if jobstatus.completed(job) and not any(
+            (p.get("status") or {}).get("phase") == "Succeeded" for p in pods
+        ):
+            # The watch may not have shown the pod yet (e.g. right after a restart): ask before
+            # concluding that the result is gone.
+            pods += await _list_job_pods(uid, ns, name, job_name)
         now = datetime.now(UTC)
         verdict = jobstatus.evaluate(
             job,
@@ -744,6 +750,17 @@ async def sync(uid: str, ns: str, name: str) -> None:
             "status",
             extra={"eb": f"{ns}/{name}", "phase": phase.value, "reason": reason, "job": job_name},
         )
+
+
+async def _list_job_pods(uid: str, ns: str, name: str, job_name: str) -> list[Obj]:
+    found: list[Obj] = []
+    for pod in await RT.kube.list(ns_path(ns, "pods"), f"batch.kubernetes.io/job-name={job_name}"):
+        if jobs.pod_owner_of(pod) != (uid, name):
+            continue
+        trimmed = trim_pod(pod)
+        RT.remember(RT.pods, uid, pod["metadata"]["name"], trimmed)
+        found.append(trimmed)
+    return found
 
 
 QUIET_REASONS = frozenset({jobstatus.WAITING, jobstatus.STARTING})
