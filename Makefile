@@ -27,7 +27,7 @@ $(MEGATRON_STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -n "$(MEGATRON_PYTHON)" || { echo "megatron-venv needs python3.12 (set MEGATRON_PYTHON)"; exit 1; }
 	@test -x $(MEGATRON_VENV)/bin/python || uv venv --quiet --python $(MEGATRON_PYTHON) $(MEGATRON_VENV)
-	uv pip install --quiet --python $(MEGATRON_VENV)/bin/python '.[megatron]'
+	uv pip install --quiet --python $(MEGATRON_VENV)/bin/python -r pyproject.toml --extra megatron
 	@rm -f $(MEGATRON_VENV)/.installed-* && touch $@
 
 megatron-venv: $(MEGATRON_STAMP)

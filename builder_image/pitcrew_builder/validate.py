@@ -2,7 +2,7 @@
 
 - engine (or checkpoint) files present and non-empty, config.json consistent with the plan;
 - for the converted checkpoint, logits against the source model on a few tokens where the model is
-  small enough for the builder's CPU (HF sources; others are skipped with a logged reason).
+  small enough for the builder's CPU, for every source format (see source_logits).
 """
 
 from __future__ import annotations
@@ -110,10 +110,6 @@ def logits_tolerance(dtype: str) -> float:
 
 
 def logits_check_skip_reason(plan: BuildPlan, cfg: CheckpointConfig) -> str | None:
-    if plan.source.format != SourceFormat.HF:
-        return (
-            f"no CPU reference for {plan.source.format.value} sources (the converter's own tests cover them)"
-        )
     params = parameter_count(cfg)
     if params >= MAX_CHECK_PARAMS:
         return f"model has ~{params:,} parameters, above the CPU check limit of {MAX_CHECK_PARAMS:,}"
@@ -126,22 +122,56 @@ def logits_check_skip_reason(plan: BuildPlan, cfg: CheckpointConfig) -> str | No
 # ---- I/O --------------------------------------------------------------------------------------
 
 
-def check_logits(source_dir: Path, ckpt_dir: Path, cfg: CheckpointConfig) -> LogitsCheck:
-    """Source model (transformers, float32) vs. the converted checkpoint (reference forward pass)."""
+def source_logits(
+    source_dir: Path, ids: Any, source_format: SourceFormat, megatron_args: dict[str, Any] | None
+) -> Any:
+    """float32 logits of the source model, computed without the converter's weight mapping.
+
+    hf: transformers' own model; megatron: MegatronForward over Megatron's tensor names and args;
+    trtllm-checkpoint: the reference forward of the source checkpoint as stored (the conversion
+    only re-shards and casts it).
+    """
     import torch
-    import transformers
+
+    with torch.no_grad():
+        if source_format == SourceFormat.HF:
+            import transformers
+
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(source_dir), dtype=torch.float32)
+            return model(ids).logits.float()
+        if source_format == SourceFormat.MEGATRON:
+            from pitcrew_builder.convert.megatron import open_megatron
+            from pitcrew_builder.model.megatron_reference import MegatronForward
+
+            with open_megatron(source_dir, megatron_args or None) as source:
+                return MegatronForward(source.reader)(ids)
+        from pitcrew_builder.model.reference import ReferenceModel
+
+        return ReferenceModel.from_checkpoint(source_dir)(ids).float()
+
+
+def check_logits(
+    source_dir: Path,
+    ckpt_dir: Path,
+    cfg: CheckpointConfig,
+    source_format: SourceFormat = SourceFormat.HF,
+    megatron_args: dict[str, Any] | None = None,
+) -> LogitsCheck:
+    """Source model (float32, see source_logits) vs. the converted checkpoint (reference forward pass)."""
+    import torch
 
     from pitcrew_builder.model.reference import ReferenceModel
 
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, cfg.vocab_size, (1, CHECK_TOKENS), generator=gen)
+    expected = source_logits(source_dir, ids, source_format, megatron_args)
     with torch.no_grad():
-        source = transformers.AutoModelForCausalLM.from_pretrained(str(source_dir), dtype=torch.float32)
-        expected = source(ids).logits.float()
-        del source
         ref = ReferenceModel.from_checkpoint(ckpt_dir, dtype=dtype)
-        actual = ref(ids).float()[..., : expected.shape[-1]]
+        actual = ref(ids).float()
+    # Megatron pads the vocabulary; a plan may cut the padding off (or TP pad it further).
+    vocab = min(expected.shape[-1], actual.shape[-1])
+    expected, actual = expected[..., :vocab], actual[..., :vocab]
     scale = max(float(expected.abs().max()), 1.0)
     diff = float((actual - expected).abs().max())
     tol = logits_tolerance(cfg.dtype) * scale
@@ -155,6 +185,17 @@ def check_logits(source_dir: Path, ckpt_dir: Path, cfg: CheckpointConfig) -> Log
         tolerance=tol,
         reason="" if diff <= tol else f"max |logit diff| {diff:.4g} above {tol:.4g}",
     )
+
+
+def megatron_source_args(plan: BuildPlan) -> dict[str, Any]:
+    """The Megatron args the convert stage applied on top of the saved ones (same precedence)."""
+    from pitcrew_builder.convert.api import megatron_args_from_fields
+    from pitcrew_builder.stages.convert import convert_arguments
+
+    args = convert_arguments(plan)
+    out = megatron_args_from_fields(args["fields"])
+    out.update(args["megatron_args"])
+    return out
 
 
 def validate(
@@ -176,7 +217,7 @@ def validate(
         check = LogitsCheck("skipped", reason=skip)
     else:
         try:
-            check = check_logits(source_dir, ckpt_dir, cfg)
+            check = check_logits(source_dir, ckpt_dir, cfg, plan.source.format, megatron_source_args(plan))
         except Exception as exc:  # the source may need remote code or a newer transformers
             check = LogitsCheck(
                 "skipped", reason=f"source model could not be run: {type(exc).__name__}: {str(exc)[:300]}"

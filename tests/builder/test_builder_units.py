@@ -202,7 +202,12 @@ def test_convert_arguments_from_the_plan() -> None:
         pp=2,
         dtype=None,
     )
-    plan.model = ModelOverrides(architecture="GPT2LMHeadModel", num_attention_heads=8, vocab_size=50257)
+    plan.model = ModelOverrides(
+        architecture="GPT2LMHeadModel",
+        num_attention_heads=8,
+        vocab_size=50257,
+        megatron_args={"num_layers": 24, "swiglu": False},
+    )
     plan.quantization = Quantization(weights="int4")
     args = convert_arguments(plan)
     assert args == {
@@ -214,6 +219,7 @@ def test_convert_arguments_from_the_plan() -> None:
         "quantization": "int4",
         "kv_cache": "none",
         "calibration": None,  # int4 weight-only measures no scales
+        "megatron_args": {"num_layers": 24, "swiglu": False},
     }
 
 

@@ -9,15 +9,23 @@ reproduce those logits (evaluated by the TRT-LLM-semantics reference model).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from builder_plans import make_plan
+from builder_run import run_builder
 from megatron_real import FORMATS, LAYOUTS, MODELS, VOCAB, Saved
+from safetensors.torch import load_file, save_file
 
+from pitcrew.api.v1alpha1 import SourceFormat
 from pitcrew_builder.convert import convert
+from pitcrew_builder.convert.megatron import open_megatron
 from pitcrew_builder.convert.trtllm import load_full_weights
+from pitcrew_builder.model.megatron_reference import MegatronForward
 from pitcrew_builder.model.reference import ReferenceModel
+from pitcrew_builder.validate import check_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 Saved_ = dict[tuple[str, str], Saved]
@@ -93,3 +101,55 @@ def test_both_formats_give_identical_weights(megatron_saved: Saved_, tmp_path: P
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize(("model", "layout"), [("llama_interp", "tp2")])
+def test_cli_builds_a_megatron_torch_dist_checkpoint_and_validates_its_logits(
+    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str
+) -> None:
+    """The builder CLI, as the Job runs it: fetch, convert, validate (logits vs. MegatronForward), publish."""
+    src = megatron_saved[(model, layout)].checkpoint("torch_dist")
+    plan = make_plan(
+        source_uri=src.as_uri(),
+        output_uri="pvc://out/engines",
+        backend="checkpoint",
+        source_format="megatron",
+        dtype="float32",
+        tp=2,
+    )
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.model_dump_json(by_alias=True))
+    run = run_builder(
+        plan_file, tmp_path / "work", tmp_path / "term.json", {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")}
+    )
+    assert run.code == 0, run.stderr[-2000:]
+    check = run.find("validate", "logits-check")[0]
+    assert check["status"] == "passed", check
+    assert check["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("model", ["gpt", "llama"])
+def test_validation_reference_is_megatron_and_catches_a_wrong_conversion(
+    megatron_saved: Saved_, tmp_path: Path, model: str
+) -> None:
+    saved = megatron_saved[(model, "tp2")]
+    src = saved.checkpoint("torch")
+    ids, want = saved.reference()
+    with open_megatron(src) as source:
+        got = MegatronForward(source.reader)(ids)[..., :VOCAB]
+    _close_to_megatron(got, want)  # the validate stage's reference reproduces Megatron's forward
+
+    config = convert(src, "megatron", tmp_path / "ok", tp=2, pp=1, dtype="float32")
+    check = check_logits(src, tmp_path / "ok", config, SourceFormat.MEGATRON)
+    assert check.status == "passed" and check.max_abs_diff is not None and check.max_abs_diff < 1e-4
+    # Swapping K and V heads (a plausible mapping mistake) must fail the check.
+    shutil.copytree(tmp_path / "ok", tmp_path / "bad")
+    path = tmp_path / "bad" / "rank0.safetensors"
+    tensors = load_file(path)
+    name = "transformer.layers.0.attention.qkv.weight"
+    q, k, v = tensors[name].split(
+        [32, (tensors[name].shape[0] - 32) // 2, (tensors[name].shape[0] - 32) // 2]
+    )
+    tensors[name] = torch.cat([q, v, k]).contiguous()
+    save_file(tensors, path)
+    assert check_logits(src, tmp_path / "bad", config, SourceFormat.MEGATRON).status == "failed"
