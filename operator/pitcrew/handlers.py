@@ -7,13 +7,11 @@ server-side label selector (only ours), and their events feed the trimmed views 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 import kopf
-from kopf._core.engines import posting  # the Event queue's context variables (see _adopt_posting)
 
 from pitcrew import jobs, memory, metrics, reconcile, sharing
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
@@ -144,29 +142,10 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
     await reconcile.sync(uid, ns, name)
 
 
-def _capture_posting() -> None:
-    """Remembers kopf's Event queue from a handler's context (kopf sets it per watched object only)."""
-    if RT.posting is None:
-        with contextlib.suppress(LookupError):
-            RT.posting = (posting.event_queue_loop_var.get(), posting.event_queue_var.get())
-
-
-def _adopt_posting() -> None:
-    """Lets the poller post Events: without this, transitions it notices first went unannounced."""
-    if RT.posting is not None:
-        try:
-            posting.event_queue_var.get()
-        except LookupError:
-            loop, queue = RT.posting
-            posting.event_queue_loop_var.set(loop)
-            posting.event_queue_var.set(queue)
-
-
 async def poller() -> None:
     last_trim = time.monotonic()
     while True:
         await asyncio.sleep(RT.settings.poll_seconds)
-        _adopt_posting()
         if time.monotonic() - last_trim >= memory.TRIM_INTERVAL_SECONDS:
             memory.trim_heap()
             last_trim = time.monotonic()
@@ -187,7 +166,6 @@ async def poller() -> None:
 
 @kopf.on.event(*EB)
 async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
-    _capture_posting()
     uid = body["metadata"]["uid"]
     if type == "DELETED":
         metrics.STATE.forget(uid)
@@ -252,7 +230,6 @@ ADMISSION = "pitcrew/admission"  # RT.schedule key of the queue's admission run 
 def _slot_freed() -> None:
     """A Job finished or went: start queued builds now rather than at the next poll."""
     if RT.queue:
-        _adopt_posting()
         RT.schedule(ADMISSION, reconcile.admit_queued)
 
 

@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, jobs, jobstatus, metrics, pacing, plans, sharing, statuses, tenancy
+from pitcrew import cachekey, events, jobs, jobstatus, metrics, pacing, plans, sharing, statuses, tenancy
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.v1alpha1 import (
     GROUP,
@@ -53,9 +53,7 @@ def jobs_path(namespace: str, name: str | None = None) -> str:
 
 
 def _post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    # Outside the operator's context (unit tests) there is no event poster: LookupError.
-    with contextlib.suppress(LookupError):
-        kopf.event(cast(Any, body), type=type_, reason=reason, message=message[:1000])
+    events.post(body, type_, reason, message)
 
 
 # -- Secrets and storage -----------------------------------------------------------------------

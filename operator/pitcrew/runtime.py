@@ -92,8 +92,6 @@ class Runtime:
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
     in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
-    # kopf's Event loop and queue, captured from a handler so the poller can post Events too.
-    posting: tuple[Any, Any] | None = None
     # Watch events for one build are coalesced for this long: a pod that goes Pending -> Running
     # within it costs one status write, not two.
     debounce_seconds: float = 1.0
