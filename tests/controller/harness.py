@@ -37,7 +37,9 @@ BUILD_TOOLS = ROOT / "hack" / "build-tools.sh"
 # What the tests' tenants may set (pitcrew.tenancy): the fake builder's modes and an image that cannot
 # be pulled (a failure test). Everything else stays at the strict default; a test that checks the
 # policy itself passes its own PITCREW_TENANT_POLICY.
-TEST_POLICY = {"*": {"builderImages": [f"{FAKE}:*", "registry.invalid/*"]}}
+# DEAD_ENDPOINT: an allowed endpoint where nothing listens (storage-unreachable tests).
+DEAD_ENDPOINT = "http://127.0.0.1:1"
+TEST_POLICY = {"*": {"builderImages": [f"{FAKE}:*", "registry.invalid/*"], "endpoints": [DEAD_ENDPOINT]}}
 
 
 def fake_builder_rule() -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pytest
 from pitcrew_devcluster import ClusterInfo
 
 from .harness import (
+    DEAD_ENDPOINT,
     Operator,
     StatusRecorder,
     apply,
@@ -242,13 +243,20 @@ def test_source_missing_then_uploaded(cluster: ClusterInfo, operator: Operator, 
 
 
 def test_storage_unreachable(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = DEAD_ENDPOINT  # allowed by the tests' tenancy policy; nothing listens there
     apply(cluster, engine_build(cluster, "src", ns, **{"source.endpoint": dead}))
     apply(cluster, engine_build(cluster, "out", ns, **{"output.endpoint": dead}))
-    st = wait_phase(cluster, ns, "src", {"Failed", "Succeeded"}, op=operator)["status"]
-    assert (st["phase"], st["reason"]) == ("Failed", "SourceUnavailable"), st
+    # Unreachable is transient: Pending (retried), not Failed.
+    st = wait_phase(cluster, ns, "src", {"Pending", "Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Pending", "StorageUnavailable"), st
     assert st["message"].startswith("spec.source.uri: cannot list the checkpoint: listing s3://"), st
     assert dead in st["message"], st
+    # An endpoint the namespace was not granted is never called (SSRF): refused up front.
+    other = f"http://127.0.0.1:{free_port()}"
+    apply(cluster, engine_build(cluster, "ssrf", ns, **{"source.endpoint": other}))
+    st = wait_phase(cluster, ns, "ssrf", {"Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "PolicyViolation"), st
+    assert st["message"].startswith(f"spec.source.endpoint: {other} is not an endpoint"), st
     st = wait_phase(cluster, ns, "out", {"Pending", "Failed", "Succeeded"}, op=operator)["status"]
     assert (st["phase"], st["reason"]) == ("Pending", "StorageUnavailable"), st
     assert st["message"].startswith("spec.output.uri: cannot look for a published engine: reading s3://"), st
