@@ -174,6 +174,23 @@ def _resources(spec: EngineBuildSpec, gpu_count: int) -> dict[str, Any]:
     return out
 
 
+EXIT_INVALID_INPUT = 2  # pitcrew_builder.errors.EXIT_INVALID_INPUT (the builder's contract)
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Invalid input (builder exit 2: bad checkpoint, bad plan) fails the Job at once instead of
+    being retried on a GPU; a pod evicted or preempted (DisruptionTarget) does not use up a retry."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
 def render_job(
     *,
     namespace: str,
@@ -274,6 +291,7 @@ def render_job(
         "metadata": meta,
         "spec": {
             "backoffLimit": spec.retry_limit,
+            "podFailurePolicy": pod_failure_policy(),
             "activeDeadlineSeconds": spec.timeout_seconds,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             "template": {

@@ -198,3 +198,16 @@ def test_plan_json_is_compact_and_round_trips() -> None:
     assert len(value) < 16 * 1024
     # The cache key (and so the Job name) does not depend on how the plan is passed.
     assert plan.cache_key in value and job["metadata"]["annotations"][jobs.ANN_KEY] == plan.cache_key
+
+
+def test_invalid_input_is_not_retried_on_a_gpu() -> None:
+    from pitcrew_builder.errors import EXIT_INVALID_INPUT
+
+    job, _ = render(retryLimit=3)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "builder", "operator": "In", "values": [EXIT_INVALID_INPUT]},
+    }
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it

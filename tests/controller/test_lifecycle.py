@@ -242,6 +242,16 @@ def test_source_missing_then_uploaded(cluster: ClusterInfo, operator: Operator, 
     assert done["status"]["cacheHit"] is False
 
 
+def test_invalid_input_is_not_retried(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    """Builder exit 2 (invalid input) ends the Job at once (podFailurePolicy), retries or not."""
+    apply(cluster, engine_build(cluster, "invalid", ns, mode="invalid", retryLimit=3))
+    st = wait_phase(cluster, ns, "invalid", {"Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidCheckpoint"), st
+    uid = get_eb(cluster, ns, "invalid")["metadata"]["uid"]  # type: ignore[index]
+    (job,) = owned(cluster, "jobs", ns, uid)
+    assert job["status"].get("failed") == 1 and st["job"]["attempts"] == 1, (job["status"], st)
+
+
 def test_storage_unreachable(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
     dead = DEAD_ENDPOINT  # allowed by the tests' tenancy policy; nothing listens there
     apply(cluster, engine_build(cluster, "src", ns, **{"source.endpoint": dead}))
