@@ -91,11 +91,13 @@ BENCH_POLICY = {
 }
 
 
-def kwok_build(cluster: Any, name: str, ns: str) -> dict[str, Any]:
+def kwok_build(cluster: Any, name: str, ns: str, variant: int) -> dict[str, Any]:
+    """A build for the kwok nodes; each `variant` is another engine (identical builds share one Job)."""
     return engine_build(
         cluster, name, ns, **{
             "source.revision": "bench", "target.gpuProduct": KWOK_PRODUCT, "target.gpuCount": 1,
             "target.tolerations": [TOLERATION], "target.nodeSelector": {"type": "kwok"},
+            "build.maxBatchSize": variant,
         },
     )  # fmt: skip
 
@@ -214,7 +216,8 @@ def run_once(args: argparse.Namespace) -> Run:
         watches.append(watch)
         for i in range(args.single):
             t0 = time.monotonic()
-            client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", kwok_build(cluster, f"s{i}", ns))
+            body = kwok_build(cluster, f"s{i}", ns, 1000 + i)
+            client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", body)
             wait_for(f"job of s{i}", lambda i=i: f"s{i}" in watch.seen, timeout=30, interval=0.005, op=op)
             result.single.append((watch.seen[f"s{i}"] - t0) * 1000)
             time.sleep(0.2)
@@ -228,7 +231,8 @@ def run_once(args: argparse.Namespace) -> Run:
 
         def create(i: int) -> None:
             starts[f"b{i}"] = time.monotonic()
-            client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", kwok_build(cluster, f"b{i}", ns))
+            body = kwok_build(cluster, f"b{i}", ns, 2000 + i)
+            client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", body)
 
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:

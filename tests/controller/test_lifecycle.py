@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pitcrew.storage import UNIFORM
 from pitcrew_devcluster import ClusterInfo
 
 from .harness import (
@@ -272,6 +273,17 @@ def test_storage_unreachable(cluster: ClusterInfo, operator: Operator, ns: str) 
     assert st["message"].startswith("spec.output.uri: cannot look for a published engine: reading s3://"), st
     for name in ("src", "out"):
         assert owned(cluster, "jobs", ns, get_eb(cluster, ns, name)["metadata"]["uid"]) == []  # type: ignore[index]
+
+
+def test_source_bucket_missing(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    # A refusal (the bucket does not exist) is not transient: Failed, in words that do not tell an
+    # absent bucket from a forbidden one.
+    nobucket = f"s3://no-such-bucket-{ns}/ckpt/"
+    apply(cluster, engine_build(cluster, "nobucket", ns, **{"source.uri": nobucket}))
+    st = wait_phase(cluster, ns, "nobucket", {"Pending", "Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "SourceUnavailable"), st
+    assert st["message"] == f"spec.source.uri: cannot list the checkpoint: listing {nobucket}: {UNIFORM}", st
+    assert owned(cluster, "jobs", ns, get_eb(cluster, ns, "nobucket")["metadata"]["uid"]) == []  # type: ignore[index]
 
 
 def test_unschedulable_gpu(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
