@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         "(others that no image rule maps fail with ErrImagePull)",
     )
 
+    u.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ARCHIVE",
+        help="(real node) import this OCI image archive into containerd; repeatable",
+    )
+
     dn = sub.add_parser(
         "down", parents=[common], help="stop everything (process groups); keeps logs and S3 data"
     )
@@ -84,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--gpus", type=int, default=d.gpus)
     k.add_argument("--gpu-product", default=d.gpu_product)
     k.add_argument("--compute-capability", default=d.compute_capability)
+
+    li = sub.add_parser(
+        "load-image", parents=[common], help="import OCI image archives into the running real node"
+    )
+    li.add_argument("archives", type=Path, nargs="+", help="e.g. from hack/build-images.sh")
 
     e = sub.add_parser("env", parents=[common], help="print shell exports for the running cluster")
     e.add_argument("--json", action="store_true")
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     build_tools=(args.build_tools or binaries.default_build_tools()).resolve(),
                     image_rules=rules,
                     local_images=args.local_image,
+                    images=args.image,
                 )
             )
             print(
@@ -142,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 compute_capability=args.compute_capability,
             )
             print("\n".join(names))
+        elif args.cmd == "load-image":
+            for name in cluster.load_images(args.archives, state_dir):
+                print(name)
         elif args.cmd == "env":
             loaded = cluster.load(state_dir)
             if loaded is None:

@@ -74,6 +74,8 @@ class UpOptions:
     build: bool = True
     # hack/build-tools.sh, which builds the binaries and knows their versions and cache folders.
     build_tools: Path = field(default_factory=binaries.default_build_tools)
+    # OCI image archives the real node imports into containerd (e.g. from hack/build-images.sh).
+    images: list[Path] = field(default_factory=list)
     # Extra localnode image rules, tried before the defaults: {"prefix", "entrypoint", "cmd"}.
     image_rules: list[dict[str, Any]] = field(default_factory=list)
     # Extra fnmatch patterns of images the local node treats as present (besides the rules'
@@ -285,15 +287,10 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
             )
         readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
         if real:
-            have = realnode.image_names(layout)
-            for spec, archive in zip(
-                specs := images.node_images(),
-                images.write_archives(layout.images, images.node_images()),
-                strict=True,
-            ):
-                if spec.name not in have:
-                    realnode.import_archive(layout, archive)
-            ready(f"images {', '.join(s.name for s in specs)}", 0)
+            specs = images.node_images()
+            archives = [*images.write_archives(layout.images, specs), *opts.images]
+            realnode.load_images(layout, archives)
+            ready(f"images {', '.join(s.name for s in specs)} and {len(opts.images)} archive(s)", 0)
 
         # Phase 2, in parallel: everything that needs a serving apiserver.
         kcm_url = f"https://{ports.LOOPBACK}:{p.controller_manager}/healthz"
@@ -488,6 +485,15 @@ def start_kwok(
         st.info = dataclasses.replace(info, kwok_nodes=(*info.kwok_nodes, *names)).to_json()
         st.save()
     return names
+
+
+def load_images(archives: list[Path], state_dir: Path | None = None) -> list[str]:
+    """Imports OCI image archives into the real node of a running devcluster; returns the names."""
+    sd = (state_dir or state.default_state_dir()).resolve()
+    st = state.load(sd)
+    if st is None or not st.live() or (st.info or {}).get("node") != "real":
+        raise DevclusterError(f"no devcluster with a real node is running in {sd}", component="images")
+    return realnode.load_images(realnode.Layout.of(sd), archives)
 
 
 def kill_pod_processes(sd: Path) -> int:

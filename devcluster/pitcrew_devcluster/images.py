@@ -166,6 +166,24 @@ def node_images(busybox: Path = BUSYBOX_BIN) -> list[ImageSpec]:
     ]
 
 
+def archive_image_names(archive: Path) -> list[str]:
+    """The image names an OCI archive carries (containerd's name annotation, else a full
+    `org.opencontainers.image.ref.name` as podman writes it)."""
+    try:
+        with tarfile.open(archive) as tar:
+            f = tar.extractfile("index.json")
+            index = json.loads(f.read()) if f else {}
+    except (OSError, KeyError, tarfile.TarError, ValueError) as e:
+        raise DevclusterError(f"{archive} is not an OCI image archive ({e})", component="images") from e
+    names = []
+    for desc in index.get("manifests", []):
+        ann = desc.get("annotations") or {}
+        name = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name", "")
+        if "/" in name or ":" in name:
+            names.append(name)
+    return names
+
+
 def write_archives(directory: Path, specs: list[ImageSpec]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -443,7 +443,23 @@ def image_names(layout: Layout) -> set[str]:
 
 
 def import_archive(layout: Layout, archive: Path) -> None:
-    ctr(layout, "images", "import", "--no-unpack=false", str(archive))
+    ctr(layout, "images", "import", str(archive))
+
+
+def load_images(layout: Layout, archives: list[Path]) -> list[str]:
+    """Imports OCI archives into the node's containerd, skipping images it already has (its root,
+    with the images, outlives `down`); returns the names imported."""
+    from .images import archive_image_names
+
+    have = image_names(layout)
+    done = []
+    for archive in archives:
+        names = archive_image_names(archive)
+        if names and all(n in have for n in names):
+            continue
+        import_archive(layout, archive)
+        done += names
+    return done
 
 
 # -- I/O: stopping ------------------------------------------------------------------------------------
