@@ -122,6 +122,10 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
         # was down): look again.
         await reconcile.run(uid, ns, name, "shared")
         return
+    if status.get("reason") == reconcile.REASON_SECRET_MISSING and not status.get("job"):
+        # Waiting for a Secret to appear: look again (no spec change needed).
+        await reconcile.run(uid, ns, name, "secret")
+        return
     job_name = (status.get("job") or {}).get("name")
     if (
         job_name

@@ -42,6 +42,7 @@ REASON_CACHE_HIT = "CacheHit"
 REASON_VERIFY = "VerificationFailed"
 REASON_INTERNAL = "InternalError"
 REASON_FOREIGN_JOB = "JobNameTaken"
+REASON_SECRET_MISSING = "SecretNotFound"
 
 
 def eb_path(namespace: str, name: str | None = None) -> str:
@@ -226,17 +227,34 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         _fail(body, patch, REASON_INVALID_SPEC, f"{where}: {first['msg']}")
         return
     secrets = await read_secrets(ns, spec)
+    keys: dict[str, frozenset[str] | None] = {
+        n: frozenset((s or {}).get("data") or {}) if s else None for n, s in secrets.items()
+    }
+    # A Secret that does not exist yet (external-secrets, sealed-secrets, a later apply) is waited
+    # for, not a failure: validate the rest as if it had the keys the spec names.
+    missing = {field: ref for field, ref in secret_refs(spec).items() if keys.get(ref.name) is None}
+    for ref in missing.values():
+        keys[ref.name] = frozenset({ref.access_key_id_key, ref.secret_access_key_key})
     try:
-        resolved = validate(
-            spec,
-            RT.settings,
-            secret_keys={
-                n: frozenset((s or {}).get("data") or {}) if s else None for n, s in secrets.items()
-            },
-        )
+        resolved = validate(spec, RT.settings, secret_keys=keys)
     except InvalidSpec as e:
         _fail(body, patch, REASON_INVALID_SPEC, str(e))
         return  # nothing to retry: the next spec change runs the update handler
+    if missing:
+        message = "; ".join(
+            f"{field}: Secret {ref.name!r} not found in this namespace: create it (the build starts when "
+            "it appears) or fix the name"
+            for field, ref in missing.items()
+        )
+        if status.get("reason") != REASON_SECRET_MISSING or status.get("message") != message:
+            patch.status.update(
+                statuses.compose(
+                    status, phase=Phase.PENDING, reason=REASON_SECRET_MISSING, message=message,
+                    generation=gen, now=statuses.now_rfc3339(), upgrade=marker,
+                )
+            )  # fmt: skip
+            _post(body, "Warning", REASON_SECRET_MISSING, message)
+        return  # the poller looks again (pitcrew.handlers.poll_one)
     refused = policy_problems(spec, ns, resolved)
     if refused:
         # Before any S3 call or Job: the operator does not act for a tenant outside its grants.

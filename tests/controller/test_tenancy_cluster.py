@@ -179,3 +179,30 @@ def test_identical_builds_share_one_job(
     assert done["first"]["engine"]["uri"] == done["second"]["engine"]["uri"]
     all_jobs = cluster.client().get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
     assert len(all_jobs) == 1, [j["metadata"]["name"] for j in all_jobs]
+
+
+def test_a_secret_that_appears_later_is_picked_up(
+    cluster: ClusterInfo, operator: Operator, namespaces: list[str]
+) -> None:
+    """external-secrets style: the build waits for its Secret, then starts without a spec change."""
+    assert cluster.s3 is not None
+    ns = new_namespace(cluster, "late")
+    namespaces.append(ns)
+    ref = {"name": "late-s3"}
+    apply(
+        cluster,
+        engine_build(
+            cluster, "model", ns, **{"source.credentialsSecretRef": ref, "output.credentialsSecretRef": ref}
+        ),
+    )
+    st = wait_phase(cluster, ns, "model", {"Pending", "Failed", "Succeeded"}, op=operator)["status"]
+    assert (st["phase"], st["reason"]) == ("Pending", "SecretNotFound"), st
+    assert st["message"].startswith("spec.source.credentialsSecretRef: Secret 'late-s3' not found"), st
+    cluster.kubectl(
+        "-n", ns, "create", "secret", "generic", "late-s3",
+        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.s3.secret_key}",
+    )  # fmt: skip
+    done = wait_phase(cluster, ns, "model", {"Succeeded", "Failed"}, timeout=90, op=operator)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["metadata"]["generation"] == 1  # no spec change was needed
