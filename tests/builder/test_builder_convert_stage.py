@@ -5,24 +5,12 @@ from pathlib import Path
 import pytest
 from builder_plans import make_plan
 from tiny_models import make_llama
+from tiny_tokenizer import save_word_tokenizer
 
 from pitcrew.api.v1alpha1 import Quantization
 from pitcrew_builder.checkpoint import read_config
-from pitcrew_builder.convert.calibration import builtin_lines
 from pitcrew_builder.stages.convert import run_convert
 from pitcrew_devcluster.s3server import S3Info
-
-
-def save_word_tokenizer(path: Path, vocab_size: int) -> None:
-    """A word-level tokenizer over the built-in calibration text, ids below ``vocab_size``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        builtin_lines(), trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"])
-    )
-    tok.save(str(path / "tokenizer.json"))
 
 
 @pytest.mark.parametrize(

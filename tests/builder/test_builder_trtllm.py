@@ -297,3 +297,41 @@ def test_build_config_is_constructed_for_dataclass_and_pydantic_forms() -> None:
         assert (built.max_input_len, built.max_num_tokens, built.plugin_config) == (512, 300, "plugins")
         with pytest.raises(BuildFailed, match=r"no field\(s\) \['max_seq_len'\]: version skew"):
             make_build_config(cls, {**values, "max_seq_len": 1}, plugin_config=None)
+
+
+@pytest.mark.slow
+def test_cli_fp8_build_through_the_double(tiny_llama: Path, tmp_path: Path) -> None:
+    """The whole builder on an FP8 plan: built-in calibration text through the model's tokenizer,
+    fp8 checkpoint loaded by the double's FP8 LLaMA (every scale required), logits validated."""
+    import shutil
+
+    from tiny_models import VOCAB
+    from tiny_tokenizer import save_word_tokenizer
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_llama, source)
+    save_word_tokenizer(source, VOCAB)
+    plan = make_plan(
+        source_uri=source.as_uri(),
+        output_uri="pvc://engines/llama",
+        backend="tensorrt-llm",
+        cache_key="trtllm-fp8",
+        tp=2,
+        compute_capability="9.0",
+    )
+    plan.quantization = plan.quantization.model_validate(
+        {"weights": "fp8", "kvCache": "fp8", "calibration": {"samples": 8, "seqLen": 32}}
+    )
+    pvc = tmp_path / "pvc"
+    run = run_builder(
+        write_plan(plan, tmp_path / "plan.json"),
+        tmp_path / "work",
+        tmp_path / "term.json",
+        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(DOUBLE)},
+    )
+    assert run.code == 0, run.stderr[-3000:]
+    engine_config = json.loads((pvc / "engines/llama/trtllm-fp8/config.json").read_text())
+    assert engine_config["pretrained_config"]["quantization"]["quant_algo"] == "FP8"
+    assert engine_config["build_config"]["strongly_typed"] is True  # build() forces it for FP8
+    checks = [e for e in run.events if e.get("event") == "logits-check"]
+    assert [c["status"] for c in checks] == ["passed"], checks
