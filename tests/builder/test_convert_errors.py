@@ -107,7 +107,9 @@ def test_megatron_missing_and_misshapen(llama: tuple[Path, LlamaForCausalLM], tm
         CheckpointError, match=r"decoder\.layers\.0\.self_attention\.linear_qkv\.weight has shape"
     ):
         convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
-    with pytest.raises(CheckpointError, match="Megatron args lack field 'hidden_size'"):
+    with pytest.raises(
+        CheckpointError, match=r"saved training args lack hidden_size: give them in spec\.model\.megatronArgs"
+    ):
         convert(
             src,
             "megatron",
