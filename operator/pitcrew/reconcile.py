@@ -904,22 +904,37 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
     status = body.get("status") or {}
     key = status.get("cacheKey")
     spec = EngineBuildSpec.model_validate(body["spec"])
+    remaining = []
     for job in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}"):
         if jobs.owner_of(job) != (uid, meta["name"]):
             continue  # not ours, whatever its labels say
-        await RT.kube.delete(jobs_path(ns, job["metadata"]["name"]), propagation="Background")
+        # Foreground: the Job is gone only once its pods are, so no builder writes after the delete.
+        await RT.kube.delete(jobs_path(ns, job["metadata"]["name"]), propagation="Foreground")
+        if await RT.kube.get(jobs_path(ns, job["metadata"]["name"])) is not None:
+            remaining.append(job["metadata"]["name"])
     if not key or not spec.output.uri.startswith("s3://"):
         return
-    target = cachekey.normalize_uri(spec.output.uri)
+    if remaining:
+        raise kopf.TemporaryError(
+            f"waiting for builder Job {remaining[0]} to be gone before deleting the engine",
+            delay=min(RT.settings.retry_seconds, 5.0),
+        )
+    default = RT.settings.s3_endpoint
+    mine = sharing.engine_ident(spec.output.uri, spec.output.endpoint or default, ns, key)
     for other in await _list_watched_builds():
+        out = other.get("spec", {}).get("output", {})
         if (
             other["metadata"]["uid"] != uid
             and not other["metadata"].get("deletionTimestamp")
             and (other.get("status") or {}).get("cacheKey") == key
-            and cachekey.normalize_uri(other.get("spec", {}).get("output", {}).get("uri", "")) == target
+            and sharing.engine_ident(
+                out.get("uri", ""), out.get("endpoint") or default, other["metadata"]["namespace"], key
+            )
+            == mine
         ):
-            other_name = f"{other['metadata']['namespace']}/{other['metadata']['name']}"
-            _post(body, "Normal", "ArtifactsKept", f"engine {key[:12]} is still used by {other_name}")
+            # Another namespace's object is not named (tenants do not learn of each other).
+            who = other["metadata"]["name"] if other["metadata"]["namespace"] == ns else "another namespace"
+            _post(body, "Normal", "ArtifactsKept", f"engine {key[:12]} is still used by {who}")
             return
     secrets = await read_secrets(ns, spec)
     try:
