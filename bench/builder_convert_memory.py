@@ -1,7 +1,7 @@
 """Builder conversion memory: peak RSS of pitcrew_builder's streaming HF -> TRT-LLM conversion
 against converters that hold the whole state dict, same run.
 
-    .venv/bin/python bench/builder_convert_memory.py [--layers 12] [--hidden 1024] [--tp 1 2]
+    .venv/bin/python bench/builder_convert_memory.py [--layers 12] [--hidden 1024] [--tp 1 2] [--repeat 3]
 
 Makes a random LLaMA checkpoint with transformers (hidden 1024, 12 layers, intermediate 2816,
 vocab 32000, float16, untied lm_head: ~440 MB as model.safetensors) in a temp dir, then runs each
@@ -15,11 +15,16 @@ mapped). Converters, each at every --tp:
                      layout) gathered into a dict and written with safetensors.torch.save_file
 - naive-from_pretrained: as above but the state dict comes from
                      AutoModelForCausalLM.from_pretrained(dir, torch_dtype=float16)
+- transformers-resave: a peer no one here wrote: transformers' own AutoModelForCausalLM.from_pretrained
+                     (torch_dtype=float16) + save_pretrained(out, max_shard_size=model/4), i.e.
+                     what resharding a checkpoint with the HF library costs (no TP split, so it is run
+                     once, not per --tp; its output is checked by loading the shard index and sizes)
 - baseline:          only the imports (torch, safetensors, pitcrew_builder.convert), no work
 
-Every output is checked with pitcrew_builder.checkpoint.validate_checkpoint. Prints a Markdown
-table: peak RSS in MiB, the ratio pitcrew/naive (<1 means pitcrew uses less), and the model size.
-The temp dir is removed at the end.
+Every TRT-LLM output is checked with pitcrew_builder.checkpoint.validate_checkpoint. Each measurement
+is repeated --repeat times (all converters in turn, then again) and the table gives the median peak
+RSS, with the range of the repeats. Prints a Markdown table: peak RSS in MiB, the ratio pitcrew/peer
+(<1 means pitcrew uses less), and the model size. The temp dir is removed at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 MiB = 1024 * 1024
-CONVERTERS = ("baseline", "pitcrew", "naive-load_file", "naive-from_pretrained")
+CONVERTERS = ("baseline", "pitcrew", "naive-load_file", "naive-from_pretrained", "transformers-resave")
+PER_TP = CONVERTERS[1:4]
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def naive_convert(model_dir: Path, out_dir: Path, tp: int, loader: str) -> None:
 
 def child(converter: str, model_dir: Path, out_dir: Path, tp: int) -> None:
     import safetensors  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     import pitcrew_builder.convert  # noqa: F401
 
@@ -151,6 +158,12 @@ def child(converter: str, model_dir: Path, out_dir: Path, tp: int) -> None:
         naive_convert(model_dir, out_dir, tp, "load_file")
     elif converter == "naive-from_pretrained":
         naive_convert(model_dir, out_dir, tp, "from_pretrained")
+    elif converter == "transformers-resave":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float16)
+        shard = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) // 4
+        model.save_pretrained(out_dir, max_shard_size=shard, safe_serialization=True)
     elif converter != "baseline":
         raise SystemExit(f"unknown converter {converter}")
     print(json.dumps({"vm_hwm_mib": vm_hwm_mib()}))
@@ -197,7 +210,12 @@ def measure(converter: str, model_dir: Path, out_dir: Path, tp: int, timeout: fl
         timeout,
     )
     hwm = float(json.loads(stdout.strip().splitlines()[-1])["vm_hwm_mib"])
-    if converter != "baseline":
+    if converter == "transformers-resave":
+        index = json.loads((out_dir / "model.safetensors.index.json").read_text())
+        shards = set(index["weight_map"].values())
+        if len(shards) < 2 or not all((out_dir / name).is_file() for name in shards):
+            raise RuntimeError(f"transformers-resave wrote {sorted(shards)}: expected several shards")
+    elif converter != "baseline":
         from pitcrew_builder.checkpoint import validate_checkpoint
 
         cfg = validate_checkpoint(out_dir)
@@ -211,24 +229,43 @@ def measure(converter: str, model_dir: Path, out_dir: Path, tp: int, timeout: fl
     return run
 
 
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        runs[0].converter,
+        runs[0].tp,
+        statistics.median(r.maxrss_mib for r in runs),
+        statistics.median(r.hwm_mib for r in runs),
+        statistics.median(r.seconds for r in runs),
+    )
+
+
 def report(args: argparse.Namespace, model_bytes: int, params: int, runs: list[Run]) -> None:
-    by = {(r.converter, r.tp): r for r in runs}
+    grouped: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        grouped.setdefault((r.converter, r.tp), []).append(r)
+    by = {k: median_run(v) for k, v in grouped.items()}
+
+    def spread(key: tuple[str, int]) -> str:
+        values = [r.maxrss_mib for r in grouped[key]]
+        return f"{min(values):.0f}-{max(values):.0f}"
+
     base = by[("baseline", 0)].maxrss_mib
     print()
     print(
         f"### Conversion peak RSS, LLaMA hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: "
-        f"~{params / 1e6:.0f} M params, model.safetensors {model_bytes / MiB:.0f} MiB (float16)"
+        f"~{params / 1e6:.0f} M params, model.safetensors {model_bytes / MiB:.0f} MiB (float16); "
+        f"medians of {args.repeat} runs"
     )
     print()
     hwm_base = by[("baseline", 0)].hwm_mib
     print(
         f"Baseline (imports only: torch, safetensors, pitcrew_builder.convert): {base:.0f} MiB "
-        f"(VmHWM {hwm_base:.0f} MiB)"
+        f"(VmHWM {hwm_base:.0f} MiB; runs {spread(('baseline', 0))} MiB)"
     )
     print()
     print(
-        "Peak RSS from wait4 ru_maxrss, VmHWM in brackets, subprocess wall time "
-        "(interpreter start and imports included) after the slash."
+        "Median peak RSS from wait4 ru_maxrss, VmHWM in brackets, median subprocess wall time "
+        "(interpreter start and imports included) after the slash; range of ru_maxrss over the runs below."
     )
     print()
     print(
@@ -236,18 +273,32 @@ def report(args: argparse.Namespace, model_bytes: int, params: int, runs: list[R
         "| ratio pitcrew/from_pretrained | VmHWM above baseline: pitcrew / load_file / from_pretrained |"
     )
     print("|---|---|---|---|---|---|---|")
+
+    def cell(r: Run) -> str:
+        return f"{r.maxrss_mib:.0f} MiB [{r.hwm_mib:.0f}] / {r.seconds:.1f} s"
+
     for tp in args.tp:
-        p, lf, fp = (by[(c, tp)] for c in CONVERTERS[1:])
-
-        def cell(r: Run) -> str:
-            return f"{r.maxrss_mib:.0f} MiB [{r.hwm_mib:.0f}] / {r.seconds:.1f} s"
-
+        p, lf, fp = (by[(c, tp)] for c in PER_TP)
         print(
             f"| {tp} | {cell(p)} | {cell(lf)} | {cell(fp)} "
             f"| {p.maxrss_mib / lf.maxrss_mib:.2f} [{p.hwm_mib / lf.hwm_mib:.2f}] "
             f"| {p.maxrss_mib / fp.maxrss_mib:.2f} [{p.hwm_mib / fp.hwm_mib:.2f}] "
             f"| {p.hwm_mib - hwm_base:.0f} / {lf.hwm_mib - hwm_base:.0f} / {fp.hwm_mib - hwm_base:.0f} MiB |"
         )
+    print()
+    t = by[("transformers-resave", 0)]
+    p1 = by[("pitcrew", args.tp[0])]
+    print(
+        f"Peer not written here: transformers from_pretrained + save_pretrained(max_shard_size=model/4): "
+        f"{cell(t)}, VmHWM above baseline {t.hwm_mib - hwm_base:.0f} MiB; "
+        f"ratio pitcrew (tp={args.tp[0]}) / transformers-resave {p1.maxrss_mib / t.maxrss_mib:.2f} "
+        f"[{p1.hwm_mib / t.hwm_mib:.2f}]"
+    )
+    print()
+    print(
+        "ru_maxrss range over the runs (MiB): "
+        + ", ".join(f"{c} tp={tp}: {spread((c, tp))}" for c, tp in grouped)
+    )
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -274,10 +325,13 @@ def parent(args: argparse.Namespace) -> None:
         print(
             f"model: {model_bytes / MiB:.0f} MiB of safetensors, made in {time.monotonic() - started:.0f} s"
         )
-        runs = [measure("baseline", model_dir, tmp / "out", 0, args.timeout)]
-        for tp in args.tp:
-            for converter in CONVERTERS[1:]:
-                runs.append(measure(converter, model_dir, tmp / "out", tp, args.timeout))
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(measure("baseline", model_dir, tmp / "out", 0, args.timeout))
+            for tp in args.tp:
+                for converter in PER_TP:
+                    runs.append(measure(converter, model_dir, tmp / "out", tp, args.timeout))
+            runs.append(measure("transformers-resave", model_dir, tmp / "out", 0, args.timeout))
         report(args, model_bytes, params, runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -292,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--timeout", type=float, default=600, help="seconds per subprocess")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of every measurement; medians reported")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--child", choices=CONVERTERS, help=argparse.SUPPRESS)
     parser.add_argument("--make-model", action="store_true", help=argparse.SUPPRESS)

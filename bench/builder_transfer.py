@@ -1,6 +1,6 @@
 """Builder S3 transfer throughput: pitcrew_builder's fetch and publish against s5cmd, same run.
 
-    .venv/bin/python bench/builder_transfer.py [--size-mib 1024] [--repeat 2] [--max-seconds 900]
+    .venv/bin/python bench/builder_transfer.py [--size-mib 1024] [--repeat 5] [--max-seconds 1800]
 
 Starts MinIO (hack/build-tools.sh builds it; pitcrew_devcluster.s3server starts it the project's way)
 on a free loopback port with its data in a temp dir, writes a model-shaped directory (a few large
@@ -13,14 +13,17 @@ measures, in this process, each repeat in alternating order:
            every file, upload with the sha256 as metadata, manifest.json last)
            vs `s5cmd cp 'dir/*' s3://bucket/prefix/`
 
-Both sides use their default settings (pitcrew: TransferSettings.from_env(), i.e. 8 parallel
-64 MiB parts unless PITCREW_S3_* is set; s5cmd: its defaults). The source prefix for the fetches is
-uploaded by s5cmd (multipart, so its ETags are not MD5s and pitcrew's fetch has no checksum to verify
-for the large files, as for a model uploaded with the aws cli). Prints MiB/s, and the ratio
-pitcrew/s5cmd (>1 means pitcrew is faster), plus where the time goes: CPU seconds of the client
-(pitcrew in this process, or the s5cmd process) and of MinIO per transfer, pitcrew's sha256 time, and
-a diagnostic pitcrew fetch with every file through boto3's download_file (files in parallel).
-Everything (MinIO, the temp dir) is removed at the end.
+Both sides use their default settings (pitcrew: TransferSettings.from_env() and CrtSettings.from_env(),
+i.e. 8 requests in flight, 64 MiB resumable parts, 8 MiB CRT parts unless PITCREW_S3_* is set; s5cmd:
+its defaults). Each pitcrew run builds its clients afresh, as a build does. The source prefix for the
+fetches is uploaded by s5cmd (multipart, so its ETags are not MD5s and pitcrew's fetch has no checksum
+to verify for the large files, as for a model uploaded with the aws cli).
+
+A repeat is a pair: pitcrew and s5cmd back to back (order alternating), so both see the same load on
+a shared machine. The headline is the median over the pairs of the ratio pitcrew/s5cmd (>1 means
+pitcrew is faster), with the median MiB/s of each side; best-of-N is printed next to it. Also prints
+where the time goes: CPU seconds of the client (pitcrew in this process, or the s5cmd process) and of
+MinIO per transfer, and pitcrew's sha256 time. Everything (MinIO, the temp dir) is removed at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -47,6 +50,7 @@ from typing import Any
 from pitcrew.api.plan import Manifest, ManifestFile, Versions
 from pitcrew.api.v1alpha1 import Backend
 from pitcrew_builder import logging as blog
+from pitcrew_builder.crt import CrtTransfer
 from pitcrew_builder.s3 import TransferSettings, make_client
 from pitcrew_builder.stages.fetch import S3Fetcher
 from pitcrew_builder.stages.publish import hash_files, list_engine_files, publish
@@ -76,9 +80,8 @@ class Samples:
         self.client_cpu.append(client_cpu)
         self.server_cpu.append(server_cpu)
 
-    def at_best(self) -> tuple[float, float]:
-        i = self.seconds.index(self.best())
-        return self.client_cpu[i], self.server_cpu[i]
+    def cpu_medians(self) -> tuple[float, float]:
+        return statistics.median(self.client_cpu), statistics.median(self.server_cpu)
 
     def best(self) -> float:
         return min(self.seconds)
@@ -167,12 +170,11 @@ def s5cmd(info: s3server.S3Info, *args: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr[-2000:]}")
 
 
-def pitcrew_fetch(info: s3server.S3Info, prefix: str, dest: Path, all_boto: bool = False) -> None:
+def pitcrew_fetch(info: s3server.S3Info, prefix: str, dest: Path) -> None:
     settings = TransferSettings.from_env()
-    if all_boto:  # diagnostic: every file through boto3's download_file, files in parallel
-        settings = replace(settings, resumable_threshold=1 << 62)
     client = make_client("source", info.endpoint, settings)
-    S3Fetcher(client, S3Location(BUCKET, prefix), dest, settings).run()
+    transfer = CrtTransfer.for_role("source", info.endpoint)
+    S3Fetcher(client, transfer, S3Location(BUCKET, prefix), dest, settings).run()
 
 
 def manifest_for(files: list[ManifestFile]) -> Manifest:
@@ -188,15 +190,14 @@ def manifest_for(files: list[ManifestFile]) -> Manifest:
 
 def pitcrew_publish(info: s3server.S3Info, src: Path, prefix: str) -> None:
     settings = TransferSettings.from_env()
-    store = S3Store(S3Location(BUCKET, prefix), make_client("output", info.endpoint, settings), settings)
+    client = make_client("output", info.endpoint, settings)
+    store = S3Store(S3Location(BUCKET, prefix), client, CrtTransfer.for_role("output", info.endpoint))
     publish(src, store, manifest_for, concurrency=settings.concurrency)
 
 
 def fetch_with(who: str, info: s3server.S3Info, dest: Path) -> None:
     if who == "pitcrew":
         pitcrew_fetch(info, SOURCE_PREFIX, dest)
-    elif who == "pitcrew-boto":
-        pitcrew_fetch(info, SOURCE_PREFIX, dest, all_boto=True)
     else:
         s5cmd(info, "cp", f"s3://{BUCKET}/{SOURCE_PREFIX}/*", f"{dest}/")
 
@@ -243,8 +244,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     builder_log = io.StringIO()
     blog.set_stream(builder_log)  # the builder logs JSON lines to stdout; keep them out of the report
     results: dict[str, Samples] = {
-        k: Samples()
-        for k in ("fetch-pitcrew", "fetch-s5cmd", "fetch-pitcrew-boto", "pub-pitcrew", "pub-s5cmd")
+        k: Samples() for k in ("fetch-pitcrew", "fetch-s5cmd", "pub-pitcrew", "pub-s5cmd")
     }
     hash_seconds = Samples()
     with minio(tmp) as (info, server):
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         s5cmd(info, "cp", f"{src}/*", f"s3://{BUCKET}/{SOURCE_PREFIX}/")  # the fetch source (untimed)
         for r in range(args.repeat):
             order = ["pitcrew", "s5cmd"] if r % 2 == 0 else ["s5cmd", "pitcrew"]
-            for who in [*order, "pitcrew-boto"]:
+            for who in order:
                 dest = fresh(tmp / f"fetch-{who}")
                 secs, ccpu, scpu = measured(partial(fetch_with, who, info, dest), server)
                 if not same_tree(src, dest):
@@ -280,6 +280,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     report(args, total, len(sizes), results, hash_seconds, verified)
 
 
+def pair_ratios(results: dict[str, Samples], key: str) -> list[float]:
+    """pitcrew/s5cmd throughput of each pair (s5cmd seconds / pitcrew seconds)."""
+    return [
+        s / p for p, s in zip(results[f"{key}-pitcrew"].seconds, results[f"{key}-s5cmd"].seconds, strict=True)
+    ]
+
+
 def report(
     args: argparse.Namespace,
     total: int,
@@ -289,47 +296,45 @@ def report(
     verified: int,
 ) -> None:
     mib = total / MiB
-
-    def rate(key: str) -> float:
-        return mib / results[key].best()
-
     print()
-    print(f"### S3 transfer, {mib:.0f} MiB in {nfiles} files, MinIO on loopback, best of {args.repeat}")
+    print(f"### S3 transfer, {mib:.0f} MiB in {nfiles} files, MinIO on loopback, {args.repeat} paired runs")
     print()
-    print("| Transfer | pitcrew_builder | s5cmd | ratio pitcrew/s5cmd |")
+    print(
+        "| Transfer | pitcrew_builder median (best) | s5cmd median (best) "
+        "| ratio pitcrew/s5cmd: median of pairs (best pair, worst pair) |"
+    )
     print("|---|---|---|---|")
     for label, key in (
         ("fetch (download prefix -> dir)", "fetch"),
         ("publish (upload dir -> prefix)", "pub"),
     ):
-        p, s = rate(f"{key}-pitcrew"), rate(f"{key}-s5cmd")
+        p, s = results[f"{key}-pitcrew"], results[f"{key}-s5cmd"]
+        ratios = pair_ratios(results, key)
         print(
-            f"| {label} | {p:.0f} MiB/s ({results[f'{key}-pitcrew'].best():.2f} s) "
-            f"| {s:.0f} MiB/s ({results[f'{key}-s5cmd'].best():.2f} s) | {p / s:.2f} |"
+            f"| {label} | {mib / p.median():.0f} MiB/s ({mib / p.best():.0f}) "
+            f"| {mib / s.median():.0f} MiB/s ({mib / s.best():.0f}) "
+            f"| **{statistics.median(ratios):.2f}** ({max(ratios):.2f}, {min(ratios):.2f}) |"
         )
     print()
-    h = hash_seconds.best()
-    pub = results["pub-pitcrew"].best()
+    h = hash_seconds.median()
+    pub = results["pub-pitcrew"].median()
     print(
-        f"pitcrew publish breakdown: sha256 of all files (2 threads, warm page cache) {h:.2f} s "
-        f"({mib / h:.0f} MiB/s) = {100 * h / pub:.0f}% of the publish; the rest is upload + manifest."
+        f"pitcrew publish breakdown: sha256 of all files (2 threads, warm page cache) {h:.2f} s median "
+        f"({mib / h:.0f} MiB/s) = {100 * h / pub:.0f}% of the median publish; the rest is upload + manifest."
     )
     print()
-    print("CPU seconds during the best run (client = pitcrew in-process or the s5cmd process; 2 cores):")
+    print("CPU seconds, median over the runs (client = pitcrew in-process or the s5cmd process; 2 cores):")
     print()
     print("| Transfer | wall s | client CPU s | MinIO CPU s |")
     print("|---|---|---|---|")
     for key, samples in results.items():
-        c, srv = samples.at_best()
-        print(f"| {key} | {samples.best():.2f} | {c:.1f} | {srv:.1f} |")
-    boto = results["fetch-pitcrew-boto"].best()
+        c, srv = samples.cpu_medians()
+        print(f"| {key} | {samples.median():.2f} | {c:.1f} | {srv:.1f} |")
     print()
-    print(
-        f"Diagnostic: pitcrew fetch with every file through boto3 download_file (resumable threshold "
-        f"raised, files in parallel): {mib / boto:.0f} MiB/s ({boto:.2f} s)"
-    )
     print(f"pitcrew fetch checksum verifications done: {verified} (over all repeats)")
     print("all runs (s): " + ", ".join(f"{k} {[round(x, 2) for x in v.seconds]}" for k, v in results.items()))
+    for key in ("fetch", "pub"):
+        print(f"pair ratios {key}: {[round(r, 2) for r in pair_ratios(results, key)]}")
 
 
 def main() -> None:
@@ -337,8 +342,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024, help="total size of the model directory")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each transfer (order alternates)")
-    parser.add_argument("--max-seconds", type=int, default=900, help="give up (and clean up) after this")
+    parser.add_argument("--repeat", type=int, default=5, help="pairs of runs (order alternates)")
+    parser.add_argument("--max-seconds", type=int, default=1800, help="give up (and clean up) after this")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: $TMPDIR)")
     args = parser.parse_args()
     if not 16 <= args.size_mib <= 64 * 1024:

@@ -21,6 +21,7 @@ from typing import Any
 from pitcrew.api.plan import BuildPlan, BuildResult, Manifest, ManifestFile, Versions
 from pitcrew_builder.backends.base import CompileContext, CompileResult, get_backend
 from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError, read_config
+from pitcrew_builder.crt import CrtTransfer
 from pitcrew_builder.errors import BuildFailed, InvalidCheckpoint
 from pitcrew_builder.logging import StageTimer, log_event, now_iso
 from pitcrew_builder.progress import ProgressReporter, store_sink
@@ -149,7 +150,7 @@ def clear_marker(work: Path, stage: str) -> None:
 def open_store(uri: str, role: Role, endpoint: str | None, settings: TransferSettings) -> ObjectStore:
     loc = parse_location(uri)
     if isinstance(loc, S3Location):
-        return S3Store(loc, make_client(role, endpoint, settings), settings)
+        return S3Store(loc, make_client(role, endpoint, settings), CrtTransfer.for_role(role, endpoint))
     return LocalStore(loc)
 
 
@@ -183,7 +184,8 @@ def fetch_source(
 
     assert isinstance(loc, S3Location)
     client = make_client("source", plan.source.endpoint, opts.settings)
-    fetcher = S3Fetcher(client, loc, work / "source", opts.settings, progress, plan.source.identity)
+    transfer = CrtTransfer.for_role("source", plan.source.endpoint)
+    fetcher = S3Fetcher(client, transfer, loc, work / "source", opts.settings, progress, plan.source.identity)
     return fetcher.run()
 
 

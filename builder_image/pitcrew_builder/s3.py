@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from awscrt.exceptions import AwsCrtError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,7 +30,9 @@ DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "Signatur
 class TransferSettings:
     """Parallelism and part sizes; env overrides let operators tune without a new image."""
 
+    # Requests in flight at once (whole files or resumable parts; the CRT splits each further).
     concurrency: int = 8
+    # Resumable unit of large downloads (a part is recorded as done when all of it is on disk).
     part_size: int = 64 * MiB
     # Objects at least this large are fetched with our resumable ranged downloader.
     resumable_threshold: int = 128 * MiB
@@ -43,14 +45,6 @@ class TransferSettings:
             resumable_threshold=int(
                 os.environ.get("PITCREW_S3_RESUMABLE_THRESHOLD", cls.resumable_threshold)
             ),
-        )
-
-    def boto_transfer_config(self) -> TransferConfig:
-        return TransferConfig(
-            multipart_threshold=self.part_size,
-            multipart_chunksize=self.part_size,
-            max_concurrency=self.concurrency,
-            use_threads=True,
         )
 
 
@@ -69,6 +63,10 @@ def resolve_endpoint(plan_endpoint: str | None, environ: dict[str, str] | None =
     return plan_endpoint or env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None
 
 
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def make_client(role: Role, endpoint: str | None, settings: TransferSettings) -> Any:
     endpoint = resolve_endpoint(endpoint)
     config = Config(
@@ -82,13 +80,12 @@ def make_client(role: Role, endpoint: str | None, settings: TransferSettings) ->
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     creds = credentials_for(role)
     session = boto3.session.Session(
         aws_access_key_id=creds.get("aws_access_key_id"),
         aws_secret_access_key=creds.get("aws_secret_access_key"),
     )
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    return session.client("s3", endpoint_url=endpoint, region_name=region(), config=config)
 
 
 def error_code(exc: BaseException) -> str:
@@ -108,4 +105,8 @@ def describe(exc: BaseException) -> str:
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
     if isinstance(exc, BotoCoreError):
         return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, AwsCrtError):
+        from pitcrew_builder.crt import describe_crt  # crt imports this module
+
+        return describe_crt(exc)
     return str(exc)

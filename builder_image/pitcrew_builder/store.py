@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pitcrew_builder.crt import CrtTransfer
 from pitcrew_builder.hashing import sha256_file
-from pitcrew_builder.s3 import TransferSettings, is_not_found
+from pitcrew_builder.s3 import is_not_found
 from pitcrew_builder.uris import LocalLocation, S3Location
 
 SHA256_METADATA = "sha256"
@@ -41,10 +42,12 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    def __init__(self, location: S3Location, client: Any, settings: TransferSettings) -> None:
+    """boto3 for HEAD and small objects, the CRT (multipart, per-part CRC32 checked by S3) for files."""
+
+    def __init__(self, location: S3Location, client: Any, transfer: CrtTransfer) -> None:
         self.location = location
         self.client = client
-        self.settings = settings
+        self.transfer = transfer
 
     def uri(self, relative: str = "") -> str:
         return self.location.uri(relative)
@@ -60,14 +63,14 @@ class S3Store:
         return ObjectInfo(size=int(resp["ContentLength"]), sha256=meta.get(SHA256_METADATA))
 
     def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None:
-        self.client.upload_file(
-            str(path),
+        self.transfer.put_file(
             self.location.bucket,
             self.location.key(relative),
-            ExtraArgs={"Metadata": {SHA256_METADATA: sha256}, "ContentType": "application/octet-stream"},
-            Config=self.settings.boto_transfer_config(),
-            Callback=progress,
-        )
+            path,
+            metadata={SHA256_METADATA: sha256},
+            content_type="application/octet-stream",
+            progress=progress,
+        ).result()
 
     def put_bytes(self, relative: str, data: bytes, content_type: str) -> None:
         self.client.put_object(

@@ -4,7 +4,6 @@ that were not on disk yet and ends with the exact source bytes."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -67,33 +66,28 @@ def test_sigkill_mid_download_then_rerun_fetches_only_the_missing_parts(
     # The Job's settings are the same on every attempt (a different part size would discard the parts).
     env = {**builder_env, "PITCREW_S3_PART_SIZE": str(PART), "PITCREW_S3_CONCURRENCY": "2"}
 
-    # 1. Throttled download (each ranged part waits 0.3 s, two at a time); SIGKILL once a few
-    #    parts are recorded as done in the sidecar.
-    log1 = tmp_path / "run1.log"
+    # 1. The builder stops after KILL_AFTER_PARTS ranged parts are recorded in the sidecar (the parts
+    #    in flight then end too) and signals through a file; SIGKILL it there.
+    log1, hold = tmp_path / "run1.log", tmp_path / "holding"
+    hook = {"PITCREW_TEST_FETCH_HOLD_AFTER_PARTS": str(KILL_AFTER_PARTS), "PITCREW_TEST_HOLD_FILE": str(hold)}
     with log1.open("w") as out:
         proc = subprocess.Popen(
             builder_argv(plan_file, work, term),
-            env=subprocess_env({**env, "PITCREW_TEST_DOWNLOAD_DELAY": "0.3"}),
+            env=subprocess_env({**env, **hook}),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        done_seen: list[int] = []
-        deadline = time.monotonic() + 180
         try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                sidecars = list(work.glob(f"*/source/{BIG}.partial.json"))
-                if sidecars:
-                    with contextlib.suppress(OSError, ValueError):  # replaced while we read it
-                        done_seen = json.loads(sidecars[0].read_text())["done"]
-                    if len(done_seen) >= KILL_AFTER_PARTS:
-                        proc.send_signal(signal.SIGKILL)
-                        break
-                time.sleep(0.02)
+            deadline = time.monotonic() + 300
+            while not hold.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert hold.exists(), f"the builder did not reach the hold point: {log1.read_text()[-3000:]}"
+            proc.send_signal(signal.SIGKILL)
         finally:
-            if proc.poll() is None and len(done_seen) < KILL_AFTER_PARTS:
+            if proc.poll() is None:
                 proc.kill()
             proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL and len(done_seen) >= KILL_AFTER_PARTS, log1.read_text()[-3000:]
+    assert proc.returncode == -signal.SIGKILL, log1.read_text()[-3000:]
     assert not term.exists()  # killed: no report
     source_dir = next(work.glob("*/source"))
     assert not (source_dir / BIG).exists()
@@ -102,7 +96,7 @@ def test_sigkill_mid_download_then_rerun_fetches_only_the_missing_parts(
     assert KILL_AFTER_PARTS <= parts_on_disk < -(-len(big) // PART)  # some parts, not all
     already = parts_on_disk * PART
 
-    # 2. Rerun with the same work dir and settings (no throttle): only the missing parts come down.
+    # 2. Rerun with the same work dir and settings (no hold): only the missing parts come down.
     run = run_builder(plan_file, work, term, {**env, "PITCREW_KEEP_WORK": "1"})  # keep the file to hash
     assert run.code == 0, run.stderr[-3000:]
     small = len(list(tiny_llama.iterdir())) + 1  # the model's files and the index

@@ -1,10 +1,11 @@
 """fetch: make the source checkpoint a local directory.
 
 - file:// and pvc:// sources are already local (a mounted volume): used in place, not copied.
-- s3:// sources are downloaded with parallel transfers and resume after a restart: files recorded as
-  complete (same ETag and size) are skipped, and large files continue from the ranged parts already
-  on disk. Checksums are verified where S3 offers them (full-object ChecksumSHA256, else a
-  single-part ETag, which is the MD5).
+- s3:// sources are downloaded through the AWS CRT (pitcrew_builder.crt: native connections, parts
+  and file writes) and resume after a restart: files recorded as complete (same ETag and size) are
+  skipped, and large files continue from the ranged parts already on disk. Checksums are verified
+  where S3 offers them (full-object ChecksumSHA256: checked by the CRT as the bytes arrive for whole
+  files, by reading the file back for ranged ones; else a single-part ETag, which is the MD5).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pitcrew.cachekey import ListedObject, listing_digest
+from pitcrew_builder.crt import describe_crt, status_of
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.hashing import b64_to_hex, md5_file, sha256_file
 from pitcrew_builder.logging import log_event
@@ -28,10 +32,6 @@ from pitcrew_builder.uris import LocalLocation, S3Location
 
 STATE_FILE = ".pitcrew-fetch.json"
 PARTIAL_SUFFIX = ".partial"
-# Buffer of the ranged downloader (reused per part). Measured: 256 KiB beat 64 KiB and 1 MiB, and
-# 1 MiB was on par with 4 MiB (docs/benchmarks.md, Builder).
-READ_BLOCK = 256 * 1024
-
 FractionFn = Callable[[float, int], None]
 
 
@@ -73,41 +73,36 @@ class PartState:
         return cls(etag=d["etag"], size=int(d["size"]), part_size=int(d["part_size"]), done=set(d["done"]))
 
 
-def raw_readinto(body: Any) -> Callable[[memoryview], int] | None:
-    """`readinto` of the HTTP response under botocore's StreamingBody, or None.
+class Transfer(Protocol):
+    """The data path (pitcrew_builder.crt.CrtTransfer; tests wrap it to inject faults)."""
 
-    Reading into one reusable buffer instead of `body.read(n)` saves two allocations and a copy per
-    block (http.client reads into a fresh bytearray and copies it into bytes); those allocations cost
-    kernel time (fresh pages) that grows when the cores are contended. http.client still enforces
-    Content-Length (a short body reads as 0 early: the caller checks the length it got). botocore
-    asks urllib3 for the body undecoded, so the bytes are the same as `body.read()`'s. None when the
-    internals differ: use `body.read`."""
-    fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
-    readinto = getattr(fp, "readinto", None)
-    return readinto if callable(readinto) else None
-
-
-def release_connection(body: Any) -> None:
-    """Return the connection of a fully read body to urllib3's pool (it cannot tell when the
-    body was read around it)."""
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
-    if raw is not None and fp is not None and fp.isclosed():
-        raw.release_conn()
-    else:
-        body.close()
+    def get(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        recv_filepath: Path | None = None,
+        fd: int | None = None,
+        byte_range: tuple[int, int] | None = None,
+        if_match: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        expected_sha256_b64: str | None = None,
+    ) -> Future[None]: ...
 
 
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+def hold_after_parts() -> int:
+    """Test hook: after this many ranged parts are recorded, stop, create PITCREW_TEST_HOLD_FILE and
+    wait to be killed, so a test kills the builder at a known point instead of racing a timer."""
+    return int(os.environ.get("PITCREW_TEST_FETCH_HOLD_AFTER_PARTS", "0") or 0)
 
 
-def download_delay() -> float:
-    # Test hook: slows each ranged part so a test can kill the builder in the middle of a download.
-    return float(os.environ.get("PITCREW_TEST_DOWNLOAD_DELAY", "0") or 0)
+def hold_forever(what: str) -> None:
+    signal_file = os.environ.get("PITCREW_TEST_HOLD_FILE")
+    log_event("test", "hold", after=what)
+    if signal_file:
+        Path(signal_file).write_text(what)
+    while True:
+        time.sleep(3600)
 
 
 # ---- pure decisions ---------------------------------------------------------------------------
@@ -151,11 +146,19 @@ def resumable_parts(previous: PartState | None, etag: str, size: int, part_size:
     return PartState(etag=etag, size=size, part_size=part_size)
 
 
-def checksum_to_verify(head: dict[str, Any]) -> tuple[str, str] | None:
-    """(algorithm, expected hex digest) the source offers for a whole object, if any."""
+def full_object_sha256(head: dict[str, Any]) -> str | None:
+    """The base64 ChecksumSHA256 of the whole object, if the source offers one."""
     sha = head.get("ChecksumSHA256")
     # Multipart uploads report a composite checksum ("...-N"): not a digest of the object.
     if sha and "-" not in sha and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+        return str(sha)
+    return None
+
+
+def checksum_to_verify(head: dict[str, Any]) -> tuple[str, str] | None:
+    """(algorithm, expected hex digest) the source offers for a whole object, if any."""
+    sha = full_object_sha256(head)
+    if sha:
         return "sha256", b64_to_hex(sha)
     etag = str(head.get("ETag", "")).strip('"')
     kms = head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm")
@@ -182,18 +185,58 @@ def fetch_local(location: LocalLocation) -> tuple[Path, FetchStats]:
 
 # ---- S3 sources -------------------------------------------------------------------------------
 
+CHECKSUM_MISMATCH = "AWS_ERROR_S3_RESPONSE_CHECKSUM_MISMATCH"
+
+# What finishing a request does: given its error (None on success), may queue more requests.
+Finisher = Callable[[BaseException | None], None]
+Starter = Callable[[], tuple["Future[None]", Finisher]]
+
+
+def is_checksum_mismatch(exc: BaseException) -> bool:
+    return getattr(exc, "name", None) == CHECKSUM_MISMATCH
+
+
+@dataclass
+class Counter:
+    """Bytes one request reported, so a retry can take them back out of the progress."""
+
+    add: Callable[[int], None]
+    n: int = 0
+
+    def __call__(self, n: int) -> None:
+        self.n += n
+        self.add(n)
+
+
+@dataclass
+class LargeFile:
+    """A file downloaded as ranged parts written at their offsets into `partial`."""
+
+    obj: RemoteObject
+    head: dict[str, Any]
+    attempt: int
+    partial: Path
+    sidecar: Path
+    state: PartState
+    ranges: list[tuple[int, int]]
+    fd: int
+    left: set[int]
+    resumed: int
+
 
 class S3Fetcher:
     def __init__(
         self,
         client: Any,
+        transfer: Transfer,
         location: S3Location,
         dest: Path,
         settings: TransferSettings,
         progress: FractionFn | None = None,
         expected_identity: str | None = None,
     ) -> None:
-        self.client = client
+        self.client = client  # boto3: listing and HEAD
+        self.transfer = transfer  # the CRT: the bytes
         # The controller's digest of the listing the cache key was computed from ("listing:sha256:…").
         self.expected_identity = expected_identity
         self.listing: list[ListedObject] = []
@@ -205,6 +248,12 @@ class S3Fetcher:
         self._done_bytes = 0
         self._total = 0
         self.stats = FetchStats()
+        self._queue: deque[Starter] = deque()
+        self._completed: dict[str, dict[str, Any]] = {}
+        self._open: dict[int, LargeFile] = {}  # by fd
+        self._parts_recorded = 0
+        self._hold_after = hold_after_parts()
+        self._holding = False
 
     # -- listing and state --
     def list_objects(self) -> list[RemoteObject]:
@@ -276,190 +325,254 @@ class S3Fetcher:
         if self.progress and self._total:
             self.progress(done / self._total, done)
 
+    def _head(self, obj: RemoteObject) -> dict[str, Any]:
+        try:
+            head: dict[str, Any] = self.client.head_object(
+                Bucket=self.location.bucket, Key=obj.key, ChecksumMode="ENABLED"
+            )
+            return head
+        except Exception as exc:
+            raise SourceUnavailable(
+                f"head of {self.location.uri(obj.relative)} failed: {describe(exc)}", stage="fetch"
+            ) from exc
+
     # -- main --
     def run(self) -> tuple[Path, FetchStats]:
         started = time.monotonic()
         self.dest.mkdir(parents=True, exist_ok=True)
         objects = self.list_objects()
         self._check_identity()
-        completed = self._load_state()
-        skip, todo = plan_fetch(objects, completed, self._local_size)
+        self._completed = self._load_state()
+        skip, todo = plan_fetch(objects, self._completed, self._local_size)
         self._total = sum(o.size for o in objects)
         self.stats = FetchStats(files=len(objects), skipped=len(skip), bytes_total=self._total)
         if skip:
             log_event("fetch", "resume", files_skipped=len(skip), bytes=sum(o.size for o in skip))
         self._add_bytes(sum(o.size for o in skip))
-        large = [o for o in todo if o.size >= self.settings.resumable_threshold]
-        small = [o for o in todo if o.size < self.settings.resumable_threshold]
-
-        def finish(obj: RemoteObject) -> None:
-            with self._lock:
-                completed[obj.relative] = {"etag": obj.etag, "size": obj.size}
-                self._save_state(completed)
-
-        # Small files in parallel (boto3 splits any above part_size); large ones one at a time, each
-        # with its own pool of ranged parts, so the two pools never wait on each other.
-        def fetch_small(obj: RemoteObject) -> None:
-            finish(self._fetch_small(obj))
-
-        run_all(fetch_small, small, self.settings.concurrency)
-        for obj in large:
-            self._fetch_large(obj)
-            finish(obj)
+        heads = run_all(self._head, todo, self.settings.concurrency)
+        # Whole files first (configs and tokenizers are small and done at once), then the ranged parts
+        # of the large ones; all share the `concurrency` slots.
+        large = []
+        for obj, head in zip(todo, heads, strict=True):
+            if obj.size >= self.settings.resumable_threshold:
+                large.append((obj, head))
+            else:
+                self._queue.append(lambda obj=obj, head=head: self._start_small(obj, head, 1))  # type: ignore[misc]
+        for obj, head in large:
+            self._queue.extend(self._large_starters(obj, head, 1))
+        self._drive()
         self.stats.seconds = time.monotonic() - started
         return self.dest, self.stats
 
-    def _fetch_small(self, obj: RemoteObject) -> RemoteObject:
-        target = self.dest / obj.relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in (1, 2):
-            tmp = target.with_name(target.name + PARTIAL_SUFFIX)
-            try:
-                self.client.download_file(
-                    self.location.bucket,
-                    obj.key,
-                    str(tmp),
-                    Config=self.settings.boto_transfer_config(),
-                    Callback=self._add_bytes,
-                )
-            except Exception as exc:
-                raise SourceUnavailable(
-                    f"download of {self.location.uri(obj.relative)} failed: {describe(exc)}", stage="fetch"
-                ) from exc
-            if self._verify(obj, tmp, attempt):
-                os.replace(tmp, target)
-                with self._lock:
-                    self.stats.bytes_downloaded += obj.size
-                return obj
-            self._add_bytes(-obj.size)
-        raise AssertionError("unreachable")
-
-    def _fetch_large(self, obj: RemoteObject) -> None:
-        target = self.dest / obj.relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + PARTIAL_SUFFIX)
-        sidecar = target.with_name(target.name + PARTIAL_SUFFIX + ".json")
-        for attempt in (1, 2):
-            previous = None
-            if partial.is_file() and sidecar.is_file():
-                try:
-                    previous = PartState.from_json(sidecar.read_text())
-                except (ValueError, KeyError):
-                    previous = None
-            state = resumable_parts(previous, obj.etag, obj.size, self.settings.part_size)
-            if state is not previous or not partial.is_file():
-                state.done.clear()
-                with partial.open("wb") as f:
-                    f.truncate(obj.size)
-            ranges = part_ranges(obj.size, state.part_size)
-            resumed = sum(ranges[i][1] - ranges[i][0] + 1 for i in state.done)
-            if resumed:
-                log_event(
-                    "fetch",
-                    "resume-file",
-                    file=obj.relative,
-                    bytes=resumed,
-                    parts_done=len(state.done),
-                    parts=len(ranges),
-                )
-                self.stats.bytes_resumed += resumed
-            self._add_bytes(resumed)
-            sidecar.write_text(state.to_json())
-            self._download_parts(obj, partial, sidecar, state, ranges)
-            if self._verify(obj, partial, attempt):
-                os.replace(partial, target)
-                sidecar.unlink(missing_ok=True)
-                self.stats.bytes_downloaded += obj.size - resumed
-                return
-            sidecar.unlink(missing_ok=True)
-            partial.unlink(missing_ok=True)
-            self._add_bytes(-obj.size)
-
-    def _download_parts(
-        self, obj: RemoteObject, partial: Path, sidecar: Path, state: PartState, ranges: list[tuple[int, int]]
-    ) -> None:
-        todo = [i for i in range(len(ranges)) if i not in state.done]
-        fd = os.open(partial, os.O_WRONLY)
-        delay = download_delay()
+    def _drive(self) -> None:
+        """Keep up to `concurrency` requests in flight (the CRT splits each into parts and spreads
+        them over its connections); stop queueing at the first error, let in-flight ones end."""
+        inflight: dict[Future[None], Finisher] = {}
+        error: BaseException | None = None
         try:
-
-            def get_part(index: int) -> None:
-                start, end = ranges[index]
-                if delay:
-                    time.sleep(delay)
-                try:
-                    resp = self.client.get_object(
-                        Bucket=self.location.bucket,
-                        Key=obj.key,
-                        Range=f"bytes={start}-{end}",
-                        IfMatch=f'"{obj.etag}"',
-                    )
-                    body = resp["Body"]
-                    readinto = raw_readinto(body)
-                    offset = start
-                    if readinto is None:
-                        while chunk := body.read(READ_BLOCK):
-                            pwrite_all(fd, chunk, offset)
-                            offset += len(chunk)
-                            self._add_bytes(len(chunk))
-                    else:
-                        view = memoryview(bytearray(READ_BLOCK))
-                        try:
-                            while n := readinto(view):
-                                pwrite_all(fd, view[:n], offset)
-                                offset += n
-                                self._add_bytes(n)
-                        except BaseException:
-                            body.close()  # the connection is in an unknown state: not reused
-                            raise
-                        release_connection(body)
-                except Exception as exc:
-                    if error_code(exc) in ("412", "PreconditionFailed"):
-                        raise SourceUnavailable(
-                            f"{self.location.uri(obj.relative)} changed during download", stage="fetch"
-                        ) from exc
-                    raise SourceUnavailable(
-                        f"download of {self.location.uri(obj.relative)} failed: {describe(exc)}",
-                        stage="fetch",
-                    ) from exc
-                if offset != end + 1:
-                    raise SourceUnavailable(
-                        f"short read of {obj.relative} bytes {start}-{end}", stage="fetch"
-                    )
-                with self._lock:
-                    state.done.add(index)
-                    tmp = sidecar.with_suffix(".tmp")
-                    tmp.write_text(state.to_json())
-                    os.replace(tmp, sidecar)
-
-            run_all(get_part, todo, self.settings.concurrency)
+            while inflight or (self._queue and error is None and not self._holding):
+                while (
+                    self._queue
+                    and error is None
+                    and not self._holding
+                    and len(inflight) < max(1, self.settings.concurrency)
+                ):
+                    future, finish = self._queue.popleft()()
+                    inflight[future] = finish
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish = inflight.pop(future)
+                    try:
+                        finish(future.exception())
+                    except BaseException as exc:
+                        error = error or exc
         finally:
-            os.close(fd)
+            if inflight:  # interrupted (SIGTERM): the CRT may still write into the open files
+                wait(inflight)
+            for large in list(self._open.values()):
+                self._close(large)
+        if error is not None:
+            raise error
+        if self._holding:
+            hold_forever(f"{self._parts_recorded} parts")
 
-    def _verify(self, obj: RemoteObject, path: Path, attempt: int) -> bool:
-        """True when the file matches the source checksum (or none is offered)."""
-        try:
-            head = self.client.head_object(Bucket=self.location.bucket, Key=obj.key, ChecksumMode="ENABLED")
-        except Exception as exc:
-            raise SourceUnavailable(
-                f"head of {self.location.uri(obj.relative)} failed: {describe(exc)}", stage="fetch"
-            ) from exc
-        if path.stat().st_size != obj.size:
-            ok, detail = False, f"size {path.stat().st_size} != {obj.size}"
+    def _finish_file(self, obj: RemoteObject, downloaded: int) -> None:
+        self._completed[obj.relative] = {"etag": obj.etag, "size": obj.size}
+        self._save_state(self._completed)
+        self.stats.bytes_downloaded += downloaded
+
+    def _failed(self, obj: RemoteObject, exc: BaseException, ranged: bool = False) -> SourceUnavailable:
+        if status_of(exc) == 412:
+            what = f"{self.location.uri(obj.relative)} changed during download"
         else:
-            check = checksum_to_verify(head)
-            if check is None:
-                return True
-            algorithm, expected = check
-            actual = sha256_file(path) if algorithm == "sha256" else md5_file(path)
-            ok, detail = actual == expected, f"{algorithm} {actual} != {expected}"
-            if ok:
-                log_event("fetch", "verified", file=obj.relative, checksum=algorithm)
-        if ok:
-            return True
+            what = f"download of {self.location.uri(obj.relative)} failed: {describe_crt(exc)}"
+        err = SourceUnavailable(what, stage="fetch")
+        err.__cause__ = exc
+        return err
+
+    def _mismatch(self, obj: RemoteObject, attempt: int, detail: str) -> None:
+        """A checksum mismatch: retried once from scratch, then fatal."""
         if attempt >= 2:
             raise SourceUnavailable(
                 f"{self.location.uri(obj.relative)} failed verification twice: {detail}", stage="fetch"
             )
         log_event("fetch", "checksum-mismatch", level="warning", file=obj.relative, detail=detail)
-        return False
+
+    # -- whole files (below the resumable threshold) --
+    def _start_small(
+        self, obj: RemoteObject, head: dict[str, Any], attempt: int
+    ) -> tuple[Future[None], Finisher]:
+        target = self.dest / obj.relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + PARTIAL_SUFFIX)
+        sha = full_object_sha256(head)
+        counter = Counter(self._add_bytes)
+        future = self.transfer.get(
+            self.location.bucket,
+            obj.key,
+            recv_filepath=tmp,
+            if_match=obj.etag,
+            progress=counter,
+            expected_sha256_b64=sha,
+        )
+
+        def finish(exc: BaseException | None) -> None:
+            detail = None
+            if exc is not None:
+                if not (sha and is_checksum_mismatch(exc)):
+                    raise self._failed(obj, exc)
+                detail = f"sha256 of the received bytes != {b64_to_hex(sha)} (the object's ChecksumSHA256)"
+            else:
+                detail = self._check_file(obj, head, tmp, verified_sha256=sha is not None)
+            if detail is None:
+                os.replace(tmp, target)
+                self._finish_file(obj, obj.size)
+                return
+            self._add_bytes(-counter.n)
+            tmp.unlink(missing_ok=True)
+            self._mismatch(obj, attempt, detail)
+            self._queue.appendleft(lambda: self._start_small(obj, head, attempt + 1))
+
+        return future, finish
+
+    def _check_file(
+        self, obj: RemoteObject, head: dict[str, Any], path: Path, verified_sha256: bool
+    ) -> str | None:
+        """None when the file is the object (size, and the checksum S3 offers if the CRT did not
+        check one as the bytes arrived), else what differs."""
+        size = path.stat().st_size
+        if size != obj.size:
+            return f"size {size} != {obj.size}"
+        if verified_sha256:
+            log_event("fetch", "verified", file=obj.relative, checksum="sha256")
+            return None
+        check = checksum_to_verify(head)
+        if check is None:
+            return None
+        algorithm, expected = check
+        actual = sha256_file(path) if algorithm == "sha256" else md5_file(path)
+        if actual != expected:
+            return f"{algorithm} {actual} != {expected}"
+        log_event("fetch", "verified", file=obj.relative, checksum=algorithm)
+        return None
+
+    # -- large files: ranged parts, resumable --
+    def _large_starters(self, obj: RemoteObject, head: dict[str, Any], attempt: int) -> list[Starter]:
+        target = self.dest / obj.relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        sidecar = target.with_name(target.name + PARTIAL_SUFFIX + ".json")
+        previous = None
+        if partial.is_file() and sidecar.is_file():
+            try:
+                previous = PartState.from_json(sidecar.read_text())
+            except (ValueError, KeyError):
+                previous = None
+        state = resumable_parts(previous, obj.etag, obj.size, self.settings.part_size)
+        if state is not previous or not partial.is_file():
+            state.done.clear()
+            with partial.open("wb") as f:
+                f.truncate(obj.size)
+        ranges = part_ranges(obj.size, state.part_size)
+        resumed = sum(ranges[i][1] - ranges[i][0] + 1 for i in state.done)
+        if resumed:
+            log_event(
+                "fetch",
+                "resume-file",
+                file=obj.relative,
+                bytes=resumed,
+                parts_done=len(state.done),
+                parts=len(ranges),
+            )
+            self.stats.bytes_resumed += resumed
+        self._add_bytes(resumed)
+        sidecar.write_text(state.to_json())
+        left = {i for i in range(len(ranges)) if i not in state.done}
+        large = LargeFile(
+            obj, head, attempt, partial, sidecar, state, ranges, os.open(partial, os.O_WRONLY), left, resumed
+        )
+        self._open[large.fd] = large
+        if not left:
+            self._queue.appendleft(lambda: self._start_verify_only(large))
+            return []
+        return [lambda i=i: self._start_part(large, i) for i in sorted(left)]  # type: ignore[misc]
+
+    def _close(self, large: LargeFile) -> None:
+        if self._open.pop(large.fd, None) is not None:
+            os.close(large.fd)
+
+    def _start_verify_only(self, large: LargeFile) -> tuple[Future[None], Finisher]:
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future, lambda exc: self._complete_large(large)
+
+    def _start_part(self, large: LargeFile, index: int) -> tuple[Future[None], Finisher]:
+        start, end = large.ranges[index]
+        counter = Counter(self._add_bytes)
+        obj = large.obj
+        future = self.transfer.get(
+            self.location.bucket,
+            obj.key,
+            fd=large.fd,
+            byte_range=(start, end),
+            if_match=obj.etag,
+            progress=counter,
+        )
+
+        def finish(exc: BaseException | None) -> None:
+            if exc is not None:
+                raise self._failed(obj, exc, ranged=True)
+            if counter.n != end - start + 1:
+                raise SourceUnavailable(
+                    f"short read of {obj.relative} bytes {start}-{end}: {counter.n} bytes", stage="fetch"
+                )
+            large.state.done.add(index)
+            large.left.discard(index)
+            tmp = large.sidecar.with_suffix(".tmp")
+            tmp.write_text(large.state.to_json())
+            os.replace(tmp, large.sidecar)
+            self._parts_recorded += 1
+            if self._hold_after and self._parts_recorded >= self._hold_after:
+                self._holding = True
+            if not large.left:
+                self._complete_large(large)
+
+        return future, finish
+
+    def _complete_large(self, large: LargeFile) -> None:
+        self._close(large)
+        obj = large.obj
+        detail = self._check_file(obj, large.head, large.partial, verified_sha256=False)
+        if detail is None:
+            os.replace(large.partial, self.dest / obj.relative)
+            large.sidecar.unlink(missing_ok=True)
+            self._finish_file(obj, obj.size - large.resumed)
+            return
+        large.sidecar.unlink(missing_ok=True)
+        large.partial.unlink(missing_ok=True)
+        self._add_bytes(-obj.size)
+        self._mismatch(obj, large.attempt, detail)
+        for starter in reversed(self._large_starters(obj, large.head, large.attempt + 1)):
+            self._queue.appendleft(starter)

@@ -24,6 +24,7 @@ from pitcrew_builder.hashing import sha256_file
 from pitcrew_builder.logging import log_event
 from pitcrew_builder.parallel import run_all
 from pitcrew_builder.s3 import describe
+from pitcrew_builder.stages.fetch import hold_forever
 from pitcrew_builder.store import ObjectInfo, ObjectStore
 
 # Files the builder itself writes under the prefix; never part of an engine.
@@ -128,6 +129,12 @@ def upload_delay() -> float:
     return float(os.environ.get("PITCREW_TEST_UPLOAD_DELAY", "0") or 0)
 
 
+def hold_after_files() -> int:
+    """Test hook: after this many files are uploaded (one at a time), create PITCREW_TEST_HOLD_FILE
+    and wait to be killed, so a test kills the builder at a known point."""
+    return int(os.environ.get("PITCREW_TEST_PUBLISH_HOLD_AFTER_FILES", "0") or 0)
+
+
 def publish(
     engine_dir: Path,
     store: ObjectStore,
@@ -144,6 +151,7 @@ def publish(
     lock = threading.Lock()
     done = 0
     delay = upload_delay()
+    hold = hold_after_files()
 
     def add(n: int) -> None:
         nonlocal done
@@ -173,10 +181,13 @@ def publish(
         with lock:
             stats.uploaded += 1
             stats.bytes_uploaded += f.size
+            uploaded = stats.uploaded
         log_event("publish", "uploaded", file=f.relative, bytes=f.size)
+        if hold and uploaded >= hold:
+            hold_forever(f"{uploaded} files")
 
-    # Delay mode uploads one file at a time so "killed mid-upload" is a deterministic state.
-    workers = 1 if delay else max(1, concurrency)
+    # The test hooks upload one file at a time so "killed mid-upload" is a deterministic state.
+    workers = 1 if delay or hold else max(1, concurrency)
     run_all(one, local, workers)
     if stats.skipped:
         log_event("publish", "resume", files_skipped=stats.skipped)

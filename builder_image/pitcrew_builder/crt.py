@@ -1,0 +1,254 @@
+"""S3 transfers through the AWS Common Runtime (awscrt): native (C) connections, signing, part
+splitting and, for whole files, file I/O, so the builder's Python threads do not carry the bytes.
+
+Used by fetch (GET of whole files, or of byte ranges written into a file at their offset) and by
+publish (PUT of a file, multipart above the part size, with a per-part CRC32 trailer the server
+checks). Listing, HEAD and small requests stay on boto3 (s3.make_client).
+
+Settings (env, read once per client):
+- PITCREW_S3_CRT_PART_SIZE (bytes, default 8 MiB): size of the GET/PUT parts the CRT splits into.
+- PITCREW_S3_CRT_THROUGHPUT_GBPS (default 10): the CRT sizes its connection pool from it.
+- PITCREW_S3_CRT_MEMORY_LIMIT (bytes, default 1 GiB, the CRT's minimum): cap of its part buffers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from awscrt.auth import AwsCredentialsProvider
+from awscrt.exceptions import AwsCrtError
+from awscrt.http import HttpHeaders, HttpRequest
+from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+from awscrt.s3 import (
+    S3ChecksumAlgorithm,
+    S3ChecksumConfig,
+    S3ChecksumLocation,
+    S3Client,
+    S3RequestTlsMode,
+    S3RequestType,
+    S3ResponseError,
+)
+
+from pitcrew_builder.s3 import Role, credentials_for, region, resolve_endpoint
+
+MiB = 1024 * 1024
+# Writes into the file in pieces of this size (the CRT hands over whole parts, 8 MiB by default):
+# measured faster than one pwrite per part (docs/benchmarks.md, Builder).
+WRITE_PIECE = 256 * 1024
+
+BytesFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class CrtSettings:
+    part_size: int = 8 * MiB
+    throughput_gbps: float = 10.0
+    memory_limit: int = 1024 * MiB
+
+    @classmethod
+    def from_env(cls) -> CrtSettings:
+        return cls(
+            part_size=int(os.environ.get("PITCREW_S3_CRT_PART_SIZE", cls.part_size)),
+            throughput_gbps=float(os.environ.get("PITCREW_S3_CRT_THROUGHPUT_GBPS", cls.throughput_gbps)),
+            memory_limit=int(os.environ.get("PITCREW_S3_CRT_MEMORY_LIMIT", cls.memory_limit)),
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where requests go: (host header, path prefix, TLS) for a bucket."""
+
+    host: str
+    path_prefix: str
+    tls: bool
+
+    def path(self, key: str) -> str:
+        return self.path_prefix + "/" + quote(key, safe="/~")
+
+
+def target_for(bucket: str, endpoint: str | None, region_name: str) -> Target:
+    """Path style against an explicit endpoint (MinIO and other S3-compatible servers), virtual-host
+    style against AWS."""
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"S3 endpoint {endpoint!r} is not an http(s):// URL")
+        base = parts.path.rstrip("/")
+        return Target(parts.netloc, f"{base}/{quote(bucket)}", parts.scheme == "https")
+    return Target(f"{bucket}.s3.{region_name}.amazonaws.com", "", True)
+
+
+def status_of(exc: BaseException) -> int | None:
+    return int(exc.status_code) if isinstance(exc, S3ResponseError) and exc.status_code else None
+
+
+def describe_crt(exc: BaseException) -> str:
+    """A short, credential-free description of a CRT failure (S3's error code when it sent one)."""
+    if isinstance(exc, S3ResponseError):
+        body = (exc.body or b"").decode("utf-8", "replace")
+        code = body.split("<Code>", 1)[1].split("</Code>", 1)[0] if "<Code>" in body else ""
+        message = body.split("<Message>", 1)[1].split("</Message>", 1)[0] if "<Message>" in body else ""
+        return f"HTTP {exc.status_code} {code}: {message}".strip().rstrip(":")
+    if isinstance(exc, AwsCrtError):
+        return f"{exc.name}: {exc.message}"
+    return str(exc)
+
+
+def pwrite_pieces(fd: int, data: memoryview, offset: int, piece: int = WRITE_PIECE) -> None:
+    """Write `data` at `offset` in pieces of `piece` bytes (os.pwrite releases the GIL per call)."""
+    view = data.cast("B") if data.format != "B" else data
+    pos = 0
+    while pos < len(view):
+        n = os.pwrite(fd, view[pos : pos + piece], offset + pos)
+        pos += n
+
+
+class CrtTransfer:
+    """One CRT S3 client for one role (its credentials) and endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        region_name: str,
+        credentials: dict[str, str],
+        settings: CrtSettings | None = None,
+    ) -> None:
+        """`credentials`: boto3-style {aws_access_key_id, aws_secret_access_key}, or {} for the
+        default chain (env, profile, web identity / IRSA, instance metadata)."""
+        self.settings = settings or CrtSettings.from_env()
+        self.endpoint = endpoint
+        self.region = region_name
+        elg = EventLoopGroup()
+        self._bootstrap = ClientBootstrap(elg, DefaultHostResolver(elg))
+        if credentials:
+            provider = AwsCredentialsProvider.new_static(
+                credentials["aws_access_key_id"], credentials["aws_secret_access_key"]
+            )
+        else:
+            provider = AwsCredentialsProvider.new_default_chain(self._bootstrap)
+        tls = endpoint is None or endpoint.startswith("https://")
+        self.client = S3Client(
+            bootstrap=self._bootstrap,
+            region=region_name,
+            credential_provider=provider,
+            tls_mode=S3RequestTlsMode.ENABLED if tls else S3RequestTlsMode.DISABLED,
+            part_size=self.settings.part_size,
+            throughput_target_gbps=self.settings.throughput_gbps,
+            memory_limit=self.settings.memory_limit,
+        )
+
+    @classmethod
+    def for_role(cls, role: Role, endpoint: str | None) -> CrtTransfer:
+        """The role's credentials (plan.CREDENTIAL_ENV) and the plan's endpoint, as s3.make_client."""
+        return cls(resolve_endpoint(endpoint), region(), credentials_for(role))
+
+    def _request(self, method: str, bucket: str, key: str, headers: list[tuple[str, str]]) -> HttpRequest:
+        t = target_for(bucket, self.endpoint, self.region)
+        return HttpRequest(method, t.path(key), HttpHeaders([("Host", t.host), *headers]))
+
+    def get(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        recv_filepath: Path | None = None,
+        fd: int | None = None,
+        byte_range: tuple[int, int] | None = None,
+        if_match: str | None = None,
+        progress: BytesFn | None = None,
+        expected_sha256_b64: str | None = None,
+    ) -> Future[None]:
+        """GET an object (or the inclusive `byte_range` of it) into `recv_filepath` (the CRT writes
+        the file), or into the open `fd` at the bytes' offsets in the object. The future fails with
+        the CRT's error; `expected_sha256_b64` makes the CRT check the bytes against that digest as
+        they arrive."""
+        headers: list[tuple[str, str]] = []
+        if byte_range is not None:
+            headers.append(("Range", f"bytes={byte_range[0]}-{byte_range[1]}"))
+        if if_match:
+            headers.append(("If-Match", f'"{if_match}"'))
+        checksum = None
+        if expected_sha256_b64:
+            checksum = S3ChecksumConfig(
+                expected_checksum=expected_sha256_b64, expected_checksum_algorithm=S3ChecksumAlgorithm.SHA256
+            )
+        on_body = None
+        if recv_filepath is None:
+            if fd is None:
+                raise ValueError("get needs recv_filepath or fd")
+            target_fd = fd
+
+            def on_body(chunk: memoryview, offset: int, **_: Any) -> None:
+                # `offset` is the chunk's offset in the object (also for a ranged GET): the file's.
+                pwrite_pieces(target_fd, memoryview(chunk), offset)
+
+        def on_progress(progress_bytes: int, **_: Any) -> None:
+            if progress:
+                progress(progress_bytes)
+
+        request = self.client.make_request(
+            type=S3RequestType.GET_OBJECT,
+            request=self._request("GET", bucket, key, headers),
+            recv_filepath=str(recv_filepath) if recv_filepath is not None else None,
+            checksum_config=checksum,
+            on_body=on_body,
+            on_progress=on_progress if progress else None,
+        )
+        return keep_alive(request)
+
+    def put_file(
+        self,
+        bucket: str,
+        key: str,
+        path: Path,
+        *,
+        metadata: dict[str, str],
+        content_type: str,
+        progress: BytesFn | None = None,
+    ) -> Future[None]:
+        """PUT a file (multipart above the part size), each part with a CRC32 trailer S3 checks."""
+        headers = [
+            ("Content-Length", str(path.stat().st_size)),
+            ("Content-Type", content_type),
+            *((f"x-amz-meta-{k}", v) for k, v in metadata.items()),
+        ]
+
+        def on_progress(progress_bytes: int, **_: Any) -> None:
+            if progress:
+                progress(progress_bytes)
+
+        request = self.client.make_request(
+            type=S3RequestType.PUT_OBJECT,
+            request=self._request("PUT", bucket, key, headers),
+            send_filepath=str(path),
+            checksum_config=S3ChecksumConfig(
+                algorithm=S3ChecksumAlgorithm.CRC32, location=S3ChecksumLocation.TRAILER
+            ),
+            on_progress=on_progress if progress else None,
+        )
+        return keep_alive(request)
+
+
+_alive: set[Any] = set()
+_alive_lock = threading.Lock()
+
+
+def keep_alive(request: Any) -> Future[None]:
+    """The S3Request must outlive its future's completion; hold it until then."""
+    future: Future[None] = request.finished_future
+    with _alive_lock:
+        _alive.add(request)
+
+    def drop(_: Future[None]) -> None:
+        with _alive_lock:
+            _alive.discard(request)
+
+    future.add_done_callback(drop)
+    return future
