@@ -162,9 +162,7 @@ def _object_reader(plan: BuildPlan, opts: Options) -> Callable[[str], bytes | No
         if not isinstance(loc, S3Location):
             return None
         store = S3Store(
-            S3Location(loc.bucket, ""),
-            make_client("source", plan.source.endpoint, opts.settings),
-            opts.settings,
+            S3Location(loc.bucket, ""), make_client("source", plan.source.endpoint, opts.settings)
         )
         return store.get_bytes(loc.prefix)
 

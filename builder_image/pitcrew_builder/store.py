@@ -44,7 +44,8 @@ class ObjectStore(Protocol):
 class S3Store:
     """boto3 for HEAD and small objects, the CRT (multipart, per-part CRC32 checked by S3) for files."""
 
-    def __init__(self, location: S3Location, client: Any, transfer: CrtTransfer) -> None:
+    def __init__(self, location: S3Location, client: Any, transfer: CrtTransfer | None = None) -> None:
+        """Without `transfer` the store only reads (HEAD, small objects)."""
         self.location = location
         self.client = client
         self.transfer = transfer
@@ -63,6 +64,8 @@ class S3Store:
         return ObjectInfo(size=int(resp["ContentLength"]), sha256=meta.get(SHA256_METADATA))
 
     def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None:
+        if self.transfer is None:
+            raise RuntimeError(f"{self.uri()} was opened read-only (no CRT transfer): cannot upload files")
         self.transfer.put_file(
             self.location.bucket,
             self.location.key(relative),
