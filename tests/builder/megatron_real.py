@@ -11,6 +11,7 @@ installed megatron-core and torch versions: any change to how the checkpoints ar
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -71,16 +72,21 @@ def saved_checkpoints(tmp: Path) -> dict[tuple[str, str], Saved]:
     base = Path(os.environ.get("PITCREW_CACHE_DIR", Path.home() / ".cache" / "pitcrew"))
     cache = base / "megatron-fixtures"
     done = cache / _cache_key()
-    if not (done / ".complete").is_file():
-        fresh = tmp / "fresh"
-        fresh.mkdir()
-        save_all(fresh)
-        (fresh / ".complete").touch()
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = cache / f".{done.name}.{os.getpid()}"
-        shutil.copytree(fresh, staging)
-        shutil.rmtree(done, ignore_errors=True)
-        os.replace(staging, done)
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent session waits for the same checkpoints
+        if not (done / ".complete").is_file():
+            fresh = tmp / "fresh"
+            fresh.mkdir()
+            save_all(fresh)
+            (fresh / ".complete").touch()
+            staging = cache / f".{done.name}.{os.getpid()}"
+            shutil.copytree(fresh, staging)
+            shutil.rmtree(done, ignore_errors=True)
+            os.replace(staging, done)
+            for old in cache.iterdir():  # checkpoints of older code or versions are never used again
+                if old.is_dir() and old != done:
+                    shutil.rmtree(old, ignore_errors=True)
     return {(m, layout): Saved(done / layout / m) for m in MODELS for layout in LAYOUTS}
 
 
@@ -104,18 +110,22 @@ def save_all(out: Path, models: tuple[str, ...] = MODELS) -> dict[tuple[str, str
             with log.open("wb") as f:
                 proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
             procs.append((layout, proc, log))
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 1500
     failed = []
-    for layout, proc, log in procs:
-        try:
-            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = -9
-        if code != 0:
-            failed.append(f"{layout} ({log}) exited {code}:\n" + log.read_text(errors="replace")[-3000:])
-    if failed:
+    try:
+        for layout, proc, log in procs:
+            try:
+                code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                code = -9
+            if code != 0:
+                failed.append(f"{layout} ({log}) exited {code}:\n" + log.read_text(errors="replace")[-3000:])
+                break
+    finally:  # also on a test timeout or ^C: no Megatron process outlives the session
         for _, proc, _ in procs:
-            proc.kill()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if failed:
         raise RuntimeError("Megatron could not save the test checkpoints:\n" + "\n".join(failed))
     return {(m, layout): Saved(out / layout / m) for m in models for layout in LAYOUTS}

@@ -73,6 +73,24 @@ def test_broken_checkpoint_is_invalid_checkpoint(tmp_path: Path, tiny_llama: Pat
     assert result["reason"] == "InvalidCheckpoint" and "Mamba" in str(result["message"])
 
 
+def test_truncated_safetensors_shard_is_invalid_checkpoint_naming_the_file(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text((tiny_llama / "config.json").read_text())
+    data = (tiny_llama / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    plan = make_plan(source_uri=src.as_uri(), output_uri="pvc://out/engines", backend="checkpoint")
+    code, result, stderr = _run(
+        tmp_path, plan.model_dump_json(by_alias=True), {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")}
+    )
+    assert code == EXIT_INVALID_INPUT, stderr[-2000:]
+    assert result["reason"] == "InvalidCheckpoint"
+    assert "model.safetensors" in str(result["message"]) and "truncated" in str(result["message"])
+    assert "Traceback" not in stderr
+
+
 def test_malformed_plan_is_invalid_spec(tmp_path: Path) -> None:
     code, result, _ = _run(tmp_path, '{"kind": "BuildPlan"}')
     assert code == EXIT_INVALID_INPUT and result["reason"] == "InvalidSpec"

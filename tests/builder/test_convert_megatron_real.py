@@ -20,6 +20,7 @@ from megatron_real import FORMATS, LAYOUTS, MODELS, VOCAB, Saved
 from safetensors.torch import load_file, save_file
 
 from pitcrew.api.v1alpha1 import SourceFormat
+from pitcrew_builder.checkpoint import CheckpointError
 from pitcrew_builder.convert import convert
 from pitcrew_builder.convert.megatron import open_megatron
 from pitcrew_builder.convert.trtllm import load_full_weights
@@ -27,7 +28,11 @@ from pitcrew_builder.model.megatron_reference import MegatronForward
 from pitcrew_builder.model.reference import ReferenceModel
 from pitcrew_builder.validate import check_logits
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
+    # The first test also runs Megatron (megatron_saved): minutes on a loaded machine, unless cached.
+    pytest.mark.timeout(1800),
+]
 Saved_ = dict[tuple[str, str], Saved]
 
 
@@ -153,3 +158,40 @@ def test_validation_reference_is_megatron_and_catches_a_wrong_conversion(
     tensors[name] = torch.cat([q, v, k]).contiguous()
     save_file(tensors, path)
     assert check_logits(src, tmp_path / "bad", config, SourceFormat.MEGATRON).status == "failed"
+
+
+# ---- bad input: damaged copies of what Megatron saved ------------------------------------------
+
+
+def _damaged_copy(saved: Saved, fmt: str, tmp_path: Path, remove: str) -> Path:
+    src = shutil.copytree(saved.checkpoint(fmt), tmp_path / "src")
+    victim = src / "iter_0000010" / remove
+    assert victim.exists()
+    if victim.is_dir():
+        shutil.rmtree(victim)
+    else:
+        victim.unlink()
+    return src
+
+
+@pytest.mark.parametrize(
+    ("layout", "remove", "message"),
+    [
+        ("tp2", "mp_rank_01", "lacks mp_rank_01: the checkpoint was saved with tensor_model_parallel_size=2"),
+        ("pp2", "mp_rank_00_001", "lacks mp_rank_00_001: the checkpoint was saved with "),
+    ],
+)
+def test_missing_rank_directory_is_named(
+    megatron_saved: Saved_, tmp_path: Path, layout: str, remove: str, message: str
+) -> None:
+    src = _damaged_copy(megatron_saved[("gpt", layout)], "torch", tmp_path, remove)
+    with pytest.raises(CheckpointError, match=message):
+        convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
+
+
+@pytest.mark.parametrize("shard", ["__0_0.distcp", "__1_0.distcp"])
+def test_missing_distcp_shard_is_named(megatron_saved: Saved_, tmp_path: Path, shard: str) -> None:
+    src = _damaged_copy(megatron_saved[("llama", "tp2")], "torch_dist", tmp_path, shard)
+    with pytest.raises(CheckpointError, match=f"shard file {shard} .* is missing"):
+        convert(src, "megatron", tmp_path / "out", tp=1, pp=1, dtype="float32")
+    assert not (tmp_path / "out" / "config.json").exists()

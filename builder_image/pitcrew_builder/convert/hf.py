@@ -7,6 +7,8 @@ mapping outlives the tensor it served), ``pytorch_model*.bin`` through ``torch.l
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ class TensorStore:
             st_files = sorted(model_dir.glob("*.safetensors"))
         if st_files:
             for path in st_files:
-                with safe_open(str(path), framework="pt") as f:
+                with _safe_open(path) as f:
                     for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
                         self._files[key] = path
             return
@@ -81,12 +83,33 @@ class TensorStore:
             raise CheckpointError(f"missing tensor {name}")
         if str(path) in self._bins:
             return self._bins[str(path)][name]
-        with safe_open(str(path), framework="pt") as f:
+        with _safe_open(path) as f:
             tensor: torch.Tensor = f.get_tensor(name)
         return tensor
 
     def close(self) -> None:
         self._bins.clear()
+
+
+@contextmanager
+def _safe_open(path: Path) -> Iterator[Any]:
+    """``safe_open`` whose failures (truncated or corrupt file) are CheckpointErrors naming the file."""
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as exc:  # safetensors raises SafetensorError (not an OSError) for a bad header
+        size = path.stat().st_size if path.is_file() else 0
+        raise CheckpointError(
+            f"{path.name} ({size:,} bytes) is not a readable safetensors file (truncated or corrupt?): {exc}"
+        ) from exc
+    with handle as f:
+        try:
+            yield f
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path.name}: reading a tensor failed (truncated or corrupt?): {exc}"
+            ) from exc
 
 
 def read_hf_config(model_dir: Path) -> dict[str, Any]:

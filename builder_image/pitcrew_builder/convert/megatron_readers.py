@@ -72,6 +72,11 @@ def _tp_merge(suffix: str, shards: list[torch.Tensor], swiglu: bool) -> torch.Te
     raise CheckpointError(f"do not know how to merge TP shards of {suffix}")
 
 
+def _rank_dir(t: int, p: int, pp: int) -> str:
+    """Megatron's name of a rank's directory (get_checkpoint_name): no pipeline suffix when pp == 1."""
+    return f"mp_rank_{t:02d}" if pp == 1 else f"mp_rank_{t:02d}_{p:03d}"
+
+
 class LegacyReader(MegatronReader):
     """``mp_rank_XX[_YYY]/model_optim_rng.pt`` files."""
 
@@ -86,19 +91,29 @@ class LegacyReader(MegatronReader):
                 ranks[(int(m.group(1)), int(m.group(2) or 0))] = files[0]
         if not ranks:
             raise CheckpointError(f"{ckpt_dir} has no mp_rank_* directories")
-        self.tp = max(t for t, _ in ranks) + 1
-        self.pp = max(p for _, p in ranks) + 1
-        for t in range(self.tp):
-            for p in range(self.pp):
-                if (t, p) not in ranks:
-                    raise CheckpointError(f"rank file for tp={t} pp={p} (mp_rank_{t:02d}_{p:03d}) is missing")
+        # The saved args say how many ranks there must be: a missing one is named, not guessed around.
+        self.args = self._args_of(ranks[min(ranks)])
+        found_tp, found_pp = max(t for t, _ in ranks) + 1, max(p for _, p in ranks) + 1
+        self.tp = int(self.args.get("tensor_model_parallel_size") or found_tp)
+        self.pp = int(self.args.get("pipeline_model_parallel_size") or found_pp)
+        layout = f"tensor_model_parallel_size={self.tp}, pipeline_model_parallel_size={self.pp}"
+        if found_tp > self.tp or found_pp > self.pp:
+            extra = sorted(_rank_dir(t, p, self.pp) for t, p in ranks if t >= self.tp or p >= self.pp)
+            raise CheckpointError(f"{ckpt_dir} has {', '.join(extra)} beyond the saved {layout}")
+        missing = [
+            _rank_dir(t, p, self.pp) for t in range(self.tp) for p in range(self.pp) if (t, p) not in ranks
+        ]
+        if missing:
+            raise CheckpointError(
+                f"{ckpt_dir} lacks {', '.join(missing)}: the checkpoint was saved with {layout}, "
+                "so every rank's directory must be there"
+            )
         self.files = ranks
         self.dir = ckpt_dir
         # Rank files are mmap'ed and only the current stage's stay open: pages of tensors already
         # converted are unmapped (released from the RSS) when ``release`` drops them.
         self._open: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.keys: list[set[str]] = []
-        self.args = {}
         for p in range(self.pp):
             stage = self._stage(p)
             self.keys.append(set(stage[0]))
@@ -112,6 +127,13 @@ class LegacyReader(MegatronReader):
         self.num_layers = total
         self.saved_args = bool(self.args)
         self.swiglu = bool(self.args.get("swiglu", False))
+
+    @staticmethod
+    def _args_of(path: Path) -> dict[str, Any]:
+        blob = load_pt(path)
+        if isinstance(blob, dict) and blob.get("args") is not None:
+            return args_dict(blob["args"], str(path))
+        return {}
 
     def _stage(self, p: int) -> list[dict[str, torch.Tensor]]:
         """State dicts of every TP rank of pipeline stage ``p`` (mmap'ed: read on first touch)."""
@@ -127,8 +149,6 @@ class LegacyReader(MegatronReader):
                 if any(str(k).startswith("model0") for k in blob):
                     raise CheckpointError("virtual pipeline checkpoints ('model0', ...) are not supported")
                 raise CheckpointError(f"{path} lacks the 'model' state dict")
-            if not self.args and blob.get("args") is not None:
-                self.args = args_dict(blob["args"], str(path))
             row.append(_strip(blob["model"]))
         self._open[p] = row
         return row
