@@ -15,8 +15,9 @@ TP rank (``sharding``) and streams the pieces into pre-declared ``rank{N}.safete
 (``safetensors_stream``), so peak memory is about one layer plus one rank's shard, however large
 the model or the TP/PP. ``config.json`` is written last: its presence marks a complete checkpoint.
 
-Megatron model config comes from the saved training ``args`` (legacy rank files, or ``common.pt``
-of a torch_dist checkpoint); structural facts in ``ModelOverrides.fields`` and explicit
+Megatron model config comes from the saved training ``args`` (legacy rank files; for torch_dist
+``common.pt`` up to megatron-core 0.18, the ``common_state`` item of the .distcp files from 0.19);
+structural facts in ``ModelOverrides.fields`` and explicit
 ``ModelOverrides.megatron_args`` take precedence, and bias flags missing from the args are read
 off the weights.
 
