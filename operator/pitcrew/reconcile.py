@@ -29,7 +29,7 @@ from pitcrew.api.v1alpha1 import (
     Phase,
 )
 from pitcrew.kube import Conflict, ns_path
-from pitcrew.runtime import RT, Obj, trim_job, trim_pod
+from pitcrew.runtime import RT, Obj, job_active, trim_job, trim_pod
 from pitcrew.storage import Credentials, StorageError, sha256
 from pitcrew.validation import InvalidSpec, Problem, Resolved, secret_refs, validate
 
@@ -298,12 +298,19 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
             for j in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
             if jobs.owner_of(j) == (uid, name)
         ]
-    same_key = [
-        j for j in existing if _ann(j, jobs.ANN_KEY) == key and not j["metadata"].get("deletionTimestamp")
-    ]
+    # The same engine means the same key *and* the same output location: after a move of
+    # spec.output the engine must be published (or found) at the new place, not reported at the old.
+    engine = sharing.engine_ident(spec.output.uri, out_endpoint, ns, key)
+
+    def same_engine(j: Obj) -> bool:
+        return _ann(j, jobs.ANN_KEY) == key and _ann(j, sharing.ANN_ENGINE) in (None, engine)
+
+    same_key = [j for j in existing if same_engine(j) and not j["metadata"].get("deletionTimestamp")]
     for j in existing:
-        if _ann(j, jobs.ANN_KEY) != key and not j["metadata"].get("deletionTimestamp"):
-            await supersede(body, j)
+        if j["metadata"].get("deletionTimestamp") or same_engine(j):
+            continue
+        if _ann(j, jobs.ANN_KEY) != key or job_active(j):
+            await supersede(body, j)  # another key, or a running build publishing to the old place
 
     live = [j for j in same_key if not _job_failed(j)]
     if live or (same_key and cause == "resume"):
@@ -619,7 +626,12 @@ def _job_failed(job: Mapping[str, Any]) -> bool:
 async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
-        _post(body, "Normal", "Superseded", f"deleted builder Job {name}: the cache key changed")
+        _post(
+            body,
+            "Normal",
+            "Superseded",
+            f"deleted builder Job {name}: the spec changed its engine (cache key or output location)",
+        )
         # Its build slot is free now (the watch says so a moment later): the replacement may use it.
         cached = RT.jobs.get(body["metadata"]["uid"], {}).get(name)
         if cached is not None and not cached["metadata"].get("deletionTimestamp"):

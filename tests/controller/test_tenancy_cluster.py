@@ -206,3 +206,33 @@ def test_a_secret_that_appears_later_is_picked_up(
     done = wait_phase(cluster, ns, "model", {"Succeeded", "Failed"}, timeout=90, op=operator)
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["metadata"]["generation"] == 1  # no spec change was needed
+
+
+def test_output_move_after_success_publishes_at_the_new_place(
+    cluster: ClusterInfo, operator: Operator, namespaces: list[str]
+) -> None:
+    """The key ignores the output location, but a moved output must get the engine, not keep the old URI."""
+    assert cluster.s3 is not None
+    ns = new_namespace(cluster, "move")
+    namespaces.append(ns)
+    body = engine_build(cluster, "model", ns)
+    apply(cluster, body)
+    first = wait_phase(cluster, ns, "model", {"Succeeded", "Failed"}, op=operator)["status"]
+    assert first["phase"] == "Succeeded", first
+    moved = f"s3://{cluster.s3.bucket}/engines/{ns}-moved"
+    body["spec"]["output"]["uri"] = moved
+    apply(cluster, body)
+
+    def republished() -> dict[str, Any] | None:
+        st: dict[str, Any] = (get_eb(cluster, ns, "model") or {}).get("status") or {}
+        if st.get("observedGeneration") != 2:
+            return None
+        if st.get("phase") == "Failed" or (st.get("engine") or {}).get("uri", "").startswith(moved):
+            return st
+        return None
+
+    st = wait_for("the engine at the new output", republished, timeout=90, op=operator)
+    assert st["phase"] == "Succeeded" and st["engine"]["uri"] == f"{moved}/{st['cacheKey']}/", st
+    assert st["cacheKey"] == first["cacheKey"]
+    key = f"engines/{ns}-moved/{st['cacheKey']}/manifest.json"
+    assert cluster.s3_client().get_object(Bucket=cluster.s3.bucket, Key=key)["ContentLength"] > 0
