@@ -247,7 +247,7 @@ def run_once(args: argparse.Namespace) -> Run:
         ns = new_namespace(cluster, "mem")
         first = engine_build(cluster, "m0", ns)
         client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", first)
-        wait_for("m0", lambda: phase(client, ns, "m0") == "Succeeded", timeout=60, op=op)
+        wait_for("m0", lambda: phase(client, ns, "m0") == "Succeeded", timeout=300, op=op)
         n = args.objects - 1 - args.burst - args.single - args.builds
         with ThreadPoolExecutor(8) as pool:
             path = f"{EB_API}/namespaces/{ns}/enginebuilds"
