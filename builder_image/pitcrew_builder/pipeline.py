@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pitcrew.api.plan import BuildPlan, BuildResult, Manifest, ManifestFile, Versions
+from pitcrew_builder import gpucheck
 from pitcrew_builder.backends.base import CompileContext, CompileResult, get_backend
 from pitcrew_builder.checkpoint import CheckpointConfig, CheckpointError, read_config
 from pitcrew_builder.crt import CrtTransfer
@@ -191,6 +192,7 @@ def run_build(plan: BuildPlan, opts: Options) -> BuildResult:
     timings: dict[str, float] = {}
     backend = get_backend(plan.backend)
     backend.check(plan)  # refuse what cannot be built before downloading anything
+    gpucheck.check(plan)  # and a GPU other than the planned one
     output = open_store(plan.output.engine_uri, "output", plan.output.endpoint, opts.settings)
     reporter = ProgressReporter(store_sink(output.put_bytes), opts.progress_interval)
 
