@@ -109,6 +109,7 @@ def write_checkpoint(
                         shard = quantize_shard(shard, scales, config)
                     for name, tensor in shard.items():
                         writers[rank_of(config, t, p)].write(prefix + name, tensor)
+                    del shard  # its views keep `full` alive: drop them before the next layer is read
                 del full
         report("lm_head", (total - 1) / total)
         fin = source.final()
