@@ -147,12 +147,20 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
 
 
 async def poller() -> None:
-    last_trim = time.monotonic()
+    last_trim = last_resync = time.monotonic()
     while True:
         await asyncio.sleep(RT.settings.poll_seconds)
         if time.monotonic() - last_trim >= memory.TRIM_INTERVAL_SECONDS:
             memory.trim_heap()
             last_trim = time.monotonic()
+        if time.monotonic() - last_resync >= reconcile.RESYNC_SECONDS and RT.jobs_primed:
+            last_resync = time.monotonic()
+            try:
+                if await reconcile.resync_jobs():
+                    _slot_freed()
+            except Exception as e:
+                metrics.ERRORS.labels("resync").inc()
+                log.warning("job view resync failed", extra={"error": repr(e)[:300]})
         try:
             await reconcile.admit_queued()
         except Exception as e:

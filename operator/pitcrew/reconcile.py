@@ -12,7 +12,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -507,6 +507,47 @@ async def prime_jobs() -> None:
         RT.jobs_primed = True
         RT.job_tombstones.clear()
         log.info("job view primed", extra={"active": RT.active_jobs()})
+
+
+RESYNC_SECONDS = 300.0  # how often the Job view is checked against a LIST (missed DELETED events)
+RESYNC_MARGIN_SECONDS = 10.0  # Jobs younger than this before the LIST may be missing from it
+
+
+def stale_jobs(
+    view: Mapping[str, Mapping[str, Obj]], listed: set[tuple[str, str]], cutoff: datetime
+) -> list[tuple[str, str]]:
+    """(uid, name) of Jobs in the view that a LIST no longer has. Pure.
+
+    A watch that relists can miss a DELETED event; such a Job would hold its build slot forever.
+    Only Jobs created before `cutoff` count: one created while the LIST ran may not be in it yet.
+    """
+    out = []
+    for uid, by_name in view.items():
+        for name, job in by_name.items():
+            created = jobstatus.parse_time(job["metadata"].get("creationTimestamp"))
+            if (uid, name) not in listed and created is not None and created < cutoff:
+                out.append((uid, name))
+    return out
+
+
+async def resync_jobs() -> int:
+    """Drops Jobs from the view that the API server no longer has; returns how many."""
+    started = datetime.now(UTC)
+    listed = {
+        (ours[0], str(item["metadata"]["name"]))
+        for item in await _list_watched_jobs()
+        if (ours := jobs.owner_of(item)) is not None
+    }
+    cutoff = started - timedelta(seconds=RESYNC_MARGIN_SECONDS)
+    gone = stale_jobs(RT.jobs, listed, cutoff)
+    for uid, name in gone:
+        job = RT.jobs.get(uid, {}).get(name)
+        RT.remember(RT.jobs, uid, name, None)
+        if job is not None:
+            metrics.STATE.active_jobs.discard(job["metadata"].get("uid"))
+            wake_waiters(job)
+        log.warning("job view: dropped a Job the API server no longer has", extra={"job": name})
+    return len(gone)
 
 
 async def start_job(
