@@ -122,7 +122,10 @@ class SourceSpec(ApiModel):
         None, pattern=r"^https?://", description="S3 endpoint URL; defaults to the operator's setting."
     )
     credentials_secret_ref: SecretReference | None = Field(
-        None, description="Secret with S3 credentials for the source; none for public or PVC sources."
+        None,
+        description="Secret of this namespace with S3 credentials for the source. Needed for s3:// unless "
+        "the operator's admin granted the prefix to this namespace (docs/controller.md#tenancy); none for "
+        "pvc:// sources.",
     )
 
 
@@ -367,7 +370,9 @@ class OutputSpec(ApiModel):
         None, pattern=r"^https?://", description="S3 endpoint URL; defaults to the operator's setting."
     )
     credentials_secret_ref: SecretReference | None = Field(
-        None, description="Secret with S3 credentials for the output (the controller reads it too)."
+        None,
+        description="Secret of this namespace with S3 credentials for the output (the controller uses it "
+        "too). Needed for s3:// unless the operator's admin granted the prefix to this namespace.",
     )
     deletion_policy: DeletionPolicy = Field(
         DeletionPolicy.RETAIN,
