@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 MEGATRON_PY = REPO / ".venv-megatron" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("megatron_save.py")
-MODELS = ("gpt", "llama", "llama_interp")
+MODELS = ("gpt", "llama", "llama_interp", "gpt_erf")
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 FORMATS = ("torch", "torch_dist")  # legacy mp_rank_XX[_YYY] files, and dist_checkpointing
 VOCAB = 101

@@ -75,7 +75,9 @@ MODELS = {
     ],
 }
 # LLaMA-style with linearly interpolated rotary positions (positions divided by the factor).
-MODELS["llama_interp"] = [*MODELS["llama"], "--rotary-seq-len-interpolation-factor", "2"]  # fmt: skip
+MODELS["llama_interp"] = [*MODELS["llama"], "--rotary-seq-len-interpolation-factor", "2"]
+# GPT without the fused bias-GELU: Megatron then computes the erf GELU, not the tanh form.
+MODELS["gpt_erf"] = [*MODELS["gpt"], "--no-bias-gelu-fusion"]  # fmt: skip
 VOCAB = 101
 IDS = [[5, 17, 99, 3, 42, 64, 7, 88, 23]]
 

@@ -26,7 +26,7 @@ from pitcrew_builder.convert.megatron import open_megatron
 from pitcrew_builder.convert.trtllm import load_full_weights
 from pitcrew_builder.model.megatron_reference import MegatronForward
 from pitcrew_builder.model.reference import ReferenceModel
-from pitcrew_builder.validate import check_logits
+from pitcrew_builder.validate import TOLERANCE, check_logits
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
@@ -65,10 +65,17 @@ def test_converts_what_megatron_saved(
         assert {d.name for d in (src / "iter_0000010").iterdir()} == want
     config = convert(src, "megatron", tmp_path, tp=1, pp=1, dtype="float32")
     ids, want_logits = saved.reference()
-    _close_to_megatron(_logits(tmp_path, ids), want_logits)
+    got = _logits(tmp_path, ids)
+    if model == "gpt_erf":
+        # TRT-LLM's only GELU is the tanh form; Megatron unfused computes erf GELU. The engine
+        # differs by that approximation: visible, but within validate's float32 tolerance.
+        diff = float((got - want_logits).abs().max())
+        assert 1e-6 < diff < TOLERANCE["float32"] * float(want_logits.abs().max()), diff
+    else:
+        _close_to_megatron(got, want_logits)
     # Facts from Megatron's saved args, not from any override.
     assert config.vocab_size == (104 if layout != "tp2" else 112)  # padded to 8 x tp
-    if model == "gpt":
+    if model.startswith("gpt"):
         assert config.architecture == "GPTForCausalLM" and config.hidden_act == "gelu"
         assert config.position_embedding_type == "learned_absolute" and config.mlp_bias
     else:
@@ -133,7 +140,7 @@ def test_cli_builds_a_megatron_torch_dist_checkpoint_and_validates_its_logits(
     assert check["max_abs_diff"] < 1e-4
 
 
-@pytest.mark.parametrize("model", ["gpt", "llama"])
+@pytest.mark.parametrize("model", ["gpt", "llama", "gpt_erf"])
 def test_validation_reference_is_megatron_and_catches_a_wrong_conversion(
     megatron_saved: Saved_, tmp_path: Path, model: str
 ) -> None:
@@ -146,7 +153,8 @@ def test_validation_reference_is_megatron_and_catches_a_wrong_conversion(
 
     config = convert(src, "megatron", tmp_path / "ok", tp=2, pp=1, dtype="float32")
     check = check_logits(src, tmp_path / "ok", config, SourceFormat.MEGATRON)
-    assert check.status == "passed" and check.max_abs_diff is not None and check.max_abs_diff < 1e-4
+    assert check.status == "passed" and check.max_abs_diff is not None
+    assert check.max_abs_diff < (1e-3 if model == "gpt_erf" else 1e-4)
     # Swapping K and V heads (a plausible mapping mistake) must fail the check.
     shutil.copytree(tmp_path / "ok", tmp_path / "bad")
     path = tmp_path / "bad" / "rank0.safetensors"

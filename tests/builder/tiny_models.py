@@ -2,7 +2,9 @@
 
 The Megatron writers implement Megatron-core's layout independently of the converter (QKV
 interleaved per query group, swiglu fc1 = [gate ; up], TP/PP sharding, TE fused norm names), so
-a conversion that matches Hugging Face's logits checks the whole Megatron mapping.
+a conversion that matches Hugging Face's logits checks the whole Megatron mapping. Checkpoints
+Megatron itself can write here come from megatron-core (megatron_save.py); these writers are kept
+only for the cases it cannot produce on this machine (listed in test_convert_megatron.py).
 """
 
 from __future__ import annotations
