@@ -46,7 +46,8 @@ def test_publish_in_process_uploads_then_manifest_and_skips_on_rerun(
     (engine / "config.json").write_text('{"a": 1}')
     (engine / "rank0.engine").write_bytes(bytes(range(256)) * 40_000)  # ~10 MiB: multipart at 5 MiB parts
     creds = {"aws_access_key_id": s3.access_key, "aws_secret_access_key": s3.secret_key}
-    transfer = CrtTransfer(s3.endpoint, s3.region, creds, CrtSettings(part_size=5 * 2**20))
+    settings = CrtSettings(upload_part_size=5 * 2**20, upload_crc32=True)
+    transfer = CrtTransfer(s3.endpoint, s3.region, creds, settings)
     store = S3Store(S3Location(s3.bucket, s3_prefix), s3.client(), transfer)
     calls: list[list[str]] = []
 
