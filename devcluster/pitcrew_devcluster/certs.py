@@ -50,7 +50,8 @@ def token_line(token: str, user: str, uid: str, groups: list[str]) -> str:
     return f'{token},{user},{uid},"{",".join(groups)}"'
 
 
-def generate(directory: Path) -> Credentials:
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> Credentials:
+    """CA, serving cert (SERVING_DNS, SERVING_IPS and `extra_ips`), kubelet client cert, SA key, token."""
     directory.mkdir(parents=True, exist_ok=True)
     d = directory
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -72,7 +73,7 @@ def generate(directory: Path) -> Credentials:
         "keyUsage=critical,keyCertSign,cRLSign",
         cwd=d,
     )
-    sans = ",".join([*(f"DNS:{n}" for n in SERVING_DNS), *(f"IP:{ip}" for ip in SERVING_IPS)])
+    sans = ",".join([*(f"DNS:{n}" for n in SERVING_DNS), *(f"IP:{ip}" for ip in (*SERVING_IPS, *extra_ips))])
     # OpenSSL 3 signs with a CA straight from `req -x509 -CA`, copying the -addext extensions.
     _openssl(
         "req",

@@ -211,8 +211,17 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
 
     _fresh(sd)
     logs = sd / "logs"
-    creds = certs.generate(sd / "pki")
-    server = f"https://{ports.LOOPBACK}:{p.apiserver}"
+    # The real node's pods reach the API server (and MinIO) at their bridge's gateway: the API
+    # server listens there instead of loopback, and its certificate names that address.
+    network = realnode.create_network() if real else None
+    try:
+        creds = certs.generate(sd / "pki", extra_ips=(network.gateway,) if network else ())
+    except BaseException:
+        if network is not None:
+            realnode.delete_network(network)
+        raise
+    api_host = network.gateway if network else ports.LOOPBACK
+    server = f"https://{api_host}:{p.apiserver}"
     kcfg = kubeconfig.write(sd / "kubeconfig", server, creds.ca_cert, creds.admin_token)
     s3 = s3server.credentials(opts.bucket, s3_port) if opts.s3 else None
     info = ClusterInfo(
@@ -224,10 +233,12 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         node_name=opts.node_name,
         s3=s3,
         node=opts.node,
+        pod_host=network.gateway if network else ports.LOOPBACK,
     )
-    st = state.State(state_dir=sd, info=info.to_json())
+    real_info = {"realnode": {"bridge_index": network.index}} if network else {}
+    st = state.State(state_dir=sd, info={**info.to_json(), **real_info})
+    st.save()  # recorded before anything starts, so `down` removes the bridge
     running: Running = []
-    network: realnode.Network | None = None
 
     def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         proc, popen = procs.launch(name, argv, logs / f"{name}.log", env=env, cwd=sd)
@@ -243,11 +254,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         return logs / f"{name}.log"
 
     try:
-        if real:
-            network = realnode.create_network()
-            info = dataclasses.replace(info, pod_host=network.gateway)
-            st.info = {**info.to_json(), "realnode": {"bridge_index": network.index}}
-            st.save()  # recorded before anything else, so `down` removes the bridge
+        if network is not None:
             realnode.prepare(
                 layout,
                 network,
@@ -258,7 +265,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
             )
         # Phase 1, in parallel: etcd, apiserver (it retries etcd until it answers), MinIO, containerd.
         start("etcd", controlplane.etcd(bins, p, sd / "etcd"))
-        start("kube-apiserver", controlplane.apiserver(bins, p, creds, sd / "apiserver-certs"))
+        start("kube-apiserver", controlplane.apiserver(bins, p, creds, sd / "apiserver-certs", api_host))
         checks = [
             readiness.Check(
                 "etcd",
@@ -369,7 +376,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
                 timeout=opts.timeout,
                 on_ready=ready,
             )
-        st.info = {**info.to_json(), **({"realnode": {"bridge_index": network.index}} if network else {})}
+        st.info = {**info.to_json(), **real_info}
         st.save()
     except BaseException:
         # Never leave half a cluster behind: stop what we started, keep the logs.

@@ -14,6 +14,9 @@ SERVICE_CIDR = "10.0.0.0/24"
 # the ServiceAccount admission plugin stay on, so pods look like they do in a real cluster.
 CONTROLLERS = (
     "job-controller",
+    # The chart's Deployment (helm install on the real node).
+    "deployment-controller",
+    "replicaset-controller",
     "garbage-collector-controller",
     "namespace-controller",
     "ttl-after-finished-controller",
@@ -50,12 +53,15 @@ def etcd(bins: Binaries, ports: Ports, data_dir: Path) -> list[str]:
     ]
 
 
-def apiserver(bins: Binaries, ports: Ports, creds: Credentials, cert_dir: Path) -> list[str]:
+def apiserver(
+    bins: Binaries, ports: Ports, creds: Credentials, cert_dir: Path, address: str = LOOPBACK
+) -> list[str]:
+    """`address`: where it listens (loopback; the real node's bridge gateway so its pods reach it)."""
     return [
         str(bins.path("kube-apiserver")),
         f"--etcd-servers=http://{LOOPBACK}:{ports.etcd_client}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        f"--bind-address={address}",
+        f"--advertise-address={address}",
         f"--secure-port={ports.apiserver}",
         f"--cert-dir={cert_dir}",
         f"--tls-cert-file={creds.serving_cert}",

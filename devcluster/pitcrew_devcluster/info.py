@@ -67,6 +67,13 @@ class ClusterInfo:
             pod_host=d.get("pod_host", "127.0.0.1"),
         )
 
+    def pod_api_env(self) -> dict[str, str]:
+        """In-cluster API address for pods (no kube-proxy runs, so the `kubernetes` Service IP does
+        not route): KUBERNETES_SERVICE_HOST/PORT pointing at the API server itself."""
+        host_port = self.server.removeprefix("https://")
+        host, _, port = host_port.rpartition(":")
+        return {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+
     def pod_s3_endpoint(self) -> str:
         """The S3 endpoint as a pod on the cluster's node reaches it (MinIO on the host)."""
         if self.s3 is None:

@@ -7,8 +7,11 @@ server-side label selector (only ours), and their events feed the trimmed views 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -64,10 +67,24 @@ async def close(**_: Any) -> None:
     await RT.kube.close()
 
 
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server a pod reaches, as client-go's in-cluster config finds it:
+    https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (kopf's own login assumes the DNS name
+    kubernetes.default.svc on port 443, which needs cluster DNS and a Service proxy)."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> Any:
     """kopf's own minimal logins (no client library needed); our client shares the credentials."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    server = in_cluster_server(os.environ) if info is not None else None
+    if info is not None and server:
+        info = dataclasses.replace(info, server=server)
+    info = info or kopf.login_with_kubeconfig(**kwargs)
     if info is None:
         raise kopf.LoginError("no in-cluster service account and no kubeconfig (set KUBECONFIG)")
     RT.kube.configure(info)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pitcrew.__main__ import credentials_problem
 
 
@@ -47,3 +49,20 @@ def test_help_lists_every_setting() -> None:
         [sys.executable, "-m", "pitcrew", "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "PITCREW_BUILDER_IMAGE" in out and "PITCREW_NAMESPACES" in out
+
+
+@pytest.mark.parametrize(
+    ("env", "server"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.96.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, None),
+        ({}, None),
+    ],
+)
+def test_in_cluster_server_follows_the_service_env_like_client_go(
+    env: dict[str, str], server: str | None
+) -> None:
+    from pitcrew.handlers import in_cluster_server
+
+    assert in_cluster_server(env) == server
