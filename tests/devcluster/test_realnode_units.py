@@ -152,3 +152,24 @@ def test_oci_archive_is_a_valid_layout_naming_the_image(fake_busybox: Path) -> N
 def test_missing_busybox_names_the_package(tmp_path: Path) -> None:
     with pytest.raises(DevclusterError, match="busybox-static"):
         images.busybox_applets(tmp_path / "nope")
+
+
+def test_archive_image_names_from_containerd_or_podman_annotations(
+    fake_busybox: Path, tmp_path: Path
+) -> None:
+    spec = images.ImageSpec(name="pitcrew.local/x:3", layer=images.busybox_layer(fake_busybox))
+    (ours,) = images.write_archives(tmp_path, [spec])
+    assert images.archive_image_names(ours) == ["pitcrew.local/x:3"]
+    # podman save --format oci-archive: the full name in org.opencontainers.image.ref.name only.
+    podman = tmp_path / "podman.tar"
+    index = {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "pitcrew.local/op:abc"}}]}
+    with tarfile.open(podman, "w") as tar:
+        data = json.dumps(index).encode()
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert images.archive_image_names(podman) == ["pitcrew.local/op:abc"]
+    not_oci = tmp_path / "x.tar"
+    not_oci.write_bytes(b"nope")
+    with pytest.raises(DevclusterError, match="is not an OCI image archive"):
+        images.archive_image_names(not_oci)
