@@ -4,8 +4,9 @@
   built by another image than the operator's current one for its backend is rebuilt.
 - `admit`: a new builder Job may start when fewer than `cap` Jobs are active, counting the queued
   builds that are ahead of it (FIFO); `cap` 0 means no cap.
-- `order`: the queue is served oldest EngineBuild first (creationTimestamp, then namespace/name),
-  an order that survives an operator restart (the queue itself is rebuilt by the resume handlers).
+- `order`: the queue is served round-robin across namespaces, oldest EngineBuild first within each
+  (creationTimestamp, then namespace/name), an order that survives an operator restart (the queue
+  itself is rebuilt by the resume handlers).
 """
 
 from __future__ import annotations
@@ -77,19 +78,27 @@ class QueueEntry:
 
 
 def order(entries: Iterable[QueueEntry]) -> list[QueueEntry]:
-    return sorted(entries)
+    """Round-robin across namespaces, oldest first within each: every namespace's oldest build,
+    then every namespace's second oldest, ... (ties by age, then namespace/name). A namespace that
+    queues 500 builds does not make another namespace's one build wait behind all of them."""
+    by_ns: dict[str, list[QueueEntry]] = {}
+    for e in sorted(entries):
+        by_ns.setdefault(e.namespace, []).append(e)
+    ranked = [(rank, e) for es in by_ns.values() for rank, e in enumerate(es)]
+    return [e for _, e in sorted(ranked)]
 
 
 def ahead_of(entry: QueueEntry, queue: Iterable[QueueEntry], skip: Container[str] = ()) -> int:
     """How many queued builds (other than this one) are served before it; `skip`: builds whose
     admission failed and that wait for a retry do not hold the others back."""
-    return sum(1 for other in queue if other.uid != entry.uid and other < entry and other.uid not in skip)
+    others = [e for e in queue if e.uid != entry.uid and e.uid not in skip]
+    return [e.uid for e in order([*others, entry])].index(entry.uid)
 
 
 def serve_order(entries: Iterable[QueueEntry], backoff: Mapping[str, float], now: float) -> list[QueueEntry]:
     """The queue in serving order, without builds whose failed admission waits for its retry time
     (`backoff`: uid -> monotonic time): one build whose S3 calls keep failing must not stop all."""
-    return sorted(e for e in entries if backoff.get(e.uid, 0.0) <= now)
+    return order(e for e in entries if backoff.get(e.uid, 0.0) <= now)
 
 
 def backing_off(backoff: Mapping[str, float], now: float) -> frozenset[str]:

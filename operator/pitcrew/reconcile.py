@@ -621,7 +621,7 @@ def _requeue_later(uid: str, ns: str, name: str, created: str) -> None:
 
 
 async def admit_queued() -> None:
-    """Starts queued builds, oldest first, while build slots are free.
+    """Starts queued builds in pacing.order (round-robin across namespaces) while slots are free.
 
     A build whose admission fails (S3 or API trouble) goes back in line with a retry time and the
     next one is tried: one failing build does not stop admissions for everyone.

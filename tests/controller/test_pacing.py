@@ -74,16 +74,25 @@ def _entry(created: str, name: str, ns: str = "a") -> pacing.QueueEntry:
     return pacing.QueueEntry(created=created, namespace=ns, name=name, uid=f"{ns}/{name}")
 
 
-def test_queue_is_oldest_first_then_by_namespace_and_name() -> None:
+def test_queue_is_round_robin_across_namespaces_oldest_first_within() -> None:
     c = _entry("2026-01-01T10:00:02Z", "c")
     a = _entry("2026-01-01T10:00:01Z", "z")
     b1 = _entry("2026-01-01T10:00:02Z", "b", ns="a")
     b2 = _entry("2026-01-01T10:00:02Z", "b", ns="b")
-    assert pacing.order([c, b2, a, b1]) == [a, b1, c, b2]
+    # Namespace b's only build goes right after namespace a's oldest, not behind all of a's.
+    assert pacing.order([c, b2, a, b1]) == [a, b2, b1, c]
     queue = [c, b2, a, b1]
-    assert [pacing.ahead_of(e, queue) for e in (a, b1, c, b2)] == [0, 1, 2, 3]
-    # A build not queued yet counts everything older as ahead of it.
+    assert [pacing.ahead_of(e, queue) for e in (a, b2, b1, c)] == [0, 1, 2, 3]
+    # A new build of a namespace with three queued waits behind them and the others' first rounds.
     assert pacing.ahead_of(_entry("2026-01-01T10:00:03Z", "new"), queue) == 4
+    # A new build of a namespace with nothing queued goes into the first round.
+    assert pacing.ahead_of(_entry("2026-01-01T10:00:03Z", "new", ns="c"), queue) == 2
+
+
+def test_one_namespace_flooding_the_queue_does_not_starve_another() -> None:
+    flood = [_entry(f"2026-01-01T10:00:{i:02d}Z", f"f{i}", ns="big") for i in range(50)]
+    late = _entry("2026-01-01T11:00:00Z", "one", ns="small")
+    assert pacing.order([*flood, late])[:2] == [flood[0], late]
 
 
 def test_waiting_message_says_where_the_build_stands() -> None:
