@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pitcrew.cachekey import ListedObject, listing_digest
-from pitcrew_builder.crt import describe_crt, status_of
+from pitcrew_builder.crt import describe_crt, open_direct, status_of
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.hashing import b64_to_hex, md5_file, sha256_file
 from pitcrew_builder.logging import log_event
@@ -83,6 +83,7 @@ class Transfer(Protocol):
         *,
         recv_filepath: Path | None = None,
         fd: int | None = None,
+        direct_fd: int | None = None,
         byte_range: tuple[int, int] | None = None,
         if_match: str | None = None,
         progress: Callable[[int], None] | None = None,
@@ -222,6 +223,7 @@ class LargeFile:
     fd: int
     left: set[int]
     resumed: int
+    direct_fd: int | None = None  # O_DIRECT fd of `partial` for block-aligned chunks
 
 
 class S3Fetcher:
@@ -513,6 +515,7 @@ class S3Fetcher:
         large = LargeFile(
             obj, head, attempt, partial, sidecar, state, ranges, os.open(partial, os.O_WRONLY), left, resumed
         )
+        large.direct_fd = open_direct(partial)
         self._open[large.fd] = large
         if not left:
             self._queue.appendleft(lambda: self._start_verify_only(large))
@@ -522,6 +525,8 @@ class S3Fetcher:
     def _close(self, large: LargeFile) -> None:
         if self._open.pop(large.fd, None) is not None:
             os.close(large.fd)
+            if large.direct_fd is not None:
+                os.close(large.direct_fd)
 
     def _start_verify_only(self, large: LargeFile) -> tuple[Future[None], Finisher]:
         future: Future[None] = Future()
@@ -536,6 +541,7 @@ class S3Fetcher:
             self.location.bucket,
             obj.key,
             fd=large.fd,
+            direct_fd=large.direct_fd,
             byte_range=(start, end),
             if_match=obj.etag,
             progress=counter,
