@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,15 @@ from typing import Any, Protocol
 
 from pitcrew_builder.crt import CrtTransfer
 from pitcrew_builder.hashing import sha256_file
-from pitcrew_builder.s3 import is_not_found
+from pitcrew_builder.s3 import error_code, is_not_found
 from pitcrew_builder.uris import LocalLocation, S3Location
 
 SHA256_METADATA = "sha256"
+
+# S3 answers a conditional put (If-None-Match: *) with 412 PreconditionFailed when the key exists,
+# and with 409 ConditionalRequestConflict while a concurrent write of the same key is in flight.
+PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
+CONDITIONAL_CONFLICT = frozenset({"ConditionalRequestConflict", "409"})
 
 BytesCallback = Callable[[int], None]
 
@@ -37,6 +44,10 @@ class ObjectStore(Protocol):
     def upload_file(self, relative: str, path: Path, sha256: str, progress: BytesCallback | None) -> None: ...
 
     def put_bytes(self, relative: str, data: bytes, content_type: str) -> None: ...
+
+    def put_bytes_if_absent(self, relative: str, data: bytes, content_type: str) -> bool:
+        """Write only if nothing is at `relative` (atomically); False, writing nothing, if something is."""
+        ...
 
     def get_bytes(self, relative: str) -> bytes | None: ...
 
@@ -80,6 +91,27 @@ class S3Store:
             Bucket=self.location.bucket, Key=self.location.key(relative), Body=data, ContentType=content_type
         )
 
+    def put_bytes_if_absent(self, relative: str, data: bytes, content_type: str) -> bool:
+        for attempt in range(5):
+            try:
+                self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=self.location.key(relative),
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                )
+                return True
+            except Exception as exc:
+                code = error_code(exc)
+                if code in PRECONDITION_FAILED:
+                    return False
+                if code in CONDITIONAL_CONFLICT and attempt < 4:
+                    time.sleep(0.2 * 2**attempt)  # another writer is mid-put: its outcome decides
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
     def get_bytes(self, relative: str) -> bytes | None:
         try:
             resp = self.client.get_object(Bucket=self.location.bucket, Key=self.location.key(relative))
@@ -121,6 +153,22 @@ class LocalStore:
         tmp = dest.with_name(dest.name + ".pitcrew-tmp")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
+
+    def put_bytes_if_absent(self, relative: str, data: bytes, content_type: str) -> bool:
+        dest = self.root / relative
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".pitcrew-tmp", dir=dest.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        tmp.chmod(0o644)  # as write_bytes would leave it: readable by the pods that serve the engine
+        try:
+            os.link(tmp, dest)  # fails if dest exists: the file system's own compare-and-set
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def get_bytes(self, relative: str) -> bytes | None:
         path = self.root / relative

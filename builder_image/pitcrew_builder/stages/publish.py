@@ -4,6 +4,10 @@ A reader only trusts a prefix with a manifest, and the manifest is written after
 is uploaded, so a crash at any point leaves either nothing trusted or a complete engine. A re-run
 skips files already uploaded with the same size and sha256 (kept as object metadata) and redoes the
 rest; if a matching manifest is already there it succeeds without uploading.
+
+The manifest is written only if absent (S3 `If-None-Match: *`, a hard link on a local directory): of
+two builds publishing into one prefix, the first manifest stays. The later one succeeds if that
+manifest describes the same build (same cache key and files), and otherwise fails without overwriting.
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ def needs_upload(local: LocalFile, remote: ObjectInfo | None) -> bool:
 
 def manifest_matches(manifest: Manifest, cache_key: str) -> bool:
     return manifest.cache_key == cache_key and bool(manifest.files)
+
+
+def file_set(manifest: Manifest) -> list[tuple[str, int, str]]:
+    return sorted((f.path, f.size, f.sha256) for f in manifest.files)
+
+
+def same_build(existing: Manifest, ours: Manifest) -> bool:
+    """The manifest already published describes the engine we built: same key, same files and bytes.
+    Timings and creation time differ between runs and do not count."""
+    return existing.cache_key == ours.cache_key and file_set(existing) == file_set(ours)
 
 
 def render_manifest(manifest: Manifest) -> bytes:
@@ -194,11 +208,36 @@ def publish(
 
     manifest = make_manifest([ManifestFile(path=f.relative, size=f.size, sha256=f.sha256) for f in local])
     data = render_manifest(manifest)
+    uri = store.uri(MANIFEST_FILE)
     try:
-        store.put_bytes(MANIFEST_FILE, data, "application/json")  # the commit point: always last
+        # The commit point: always last, and only if no manifest is there yet.
+        written = store.put_bytes_if_absent(MANIFEST_FILE, data, "application/json")
     except Exception as exc:
-        raise PublishFailed(
-            f"writing {store.uri(MANIFEST_FILE)} failed: {describe(exc)}", stage="publish"
-        ) from exc
+        raise PublishFailed(f"writing {uri} failed: {describe(exc)}", stage="publish") from exc
     stats.seconds = time.monotonic() - started
-    return Published(manifest, store.uri(MANIFEST_FILE), hashlib.sha256(data).hexdigest(), stats)
+    if written:
+        return Published(manifest, uri, hashlib.sha256(data).hexdigest(), stats)
+    return adopt_existing(store, manifest, stats)
+
+
+def adopt_existing(store: ObjectStore, ours: Manifest, stats: PublishStats) -> Published:
+    """A manifest appeared before ours: the existing one stands if it is the same build; else fail."""
+    uri = store.uri(MANIFEST_FILE)
+    found = read_manifest(store)
+    if found is None:
+        raise PublishFailed(
+            f"{uri} already exists but is not a readable manifest; it was not overwritten. "
+            f"Delete it (or choose another output.engineUri) and rebuild",
+            stage="publish",
+        )
+    existing, existing_data = found
+    if not same_build(existing, ours):
+        raise PublishFailed(
+            f"publish conflict: {uri} was written by another build (cacheKey {existing.cache_key!r}, "
+            f"{len(existing.files)} files) while this one (cacheKey {ours.cache_key!r}) was publishing; "
+            f"it was not overwritten, but files under the prefix may now mix both builds. Delete the "
+            f"prefix (or choose another output.engineUri) and rebuild",
+            stage="publish",
+        )
+    log_event("publish", "manifest-exists-same-build", manifest=uri)
+    return Published(existing, uri, hashlib.sha256(existing_data).hexdigest(), stats)
