@@ -97,3 +97,68 @@ def test_recorded_ranges_take_precedence_over_calibration(tmp_path: Path) -> Non
                 float(f.get_tensor(f"transformer.layers.{i}.mlp.fc.activation_scaling_factor"))
                 < 10 / FP8_E4M3_MAX
             )
+
+
+# Layer 0 of the Megatron checkpoints carries TE FP8 state, layer 1 none (TE saved an empty tensor).
+RECORDED = {"self_attention.linear_qkv": 2.5, "self_attention.linear_proj": 0.75, "mlp.linear_fc1": 4.0}
+LINEARS = {"attention.qkv": 2.5, "attention.dense": 0.75, "mlp.fc": 4.0, "mlp.gate": 4.0}
+
+
+def _convert_fp8(ckpt: Path, out: Path) -> dict[str, float]:
+    from pitcrew_builder.convert.api import output_config, quant_config
+
+    calib = CalibrationSet((torch.arange(20) % VOCAB,), "test ids")
+    with _open_source(ckpt, "megatron", None) as source:
+        cfg = output_config(
+            source.config, tp=1, pp=1, dtype="float32", quant=quant_config("fp8"), overrides=None
+        )
+        write_checkpoint(source, cfg, out, calibration=calib)
+    with safe_open(str(out / "rank0.safetensors"), "pt") as f:
+        return {
+            k.removeprefix("transformer.layers.").removesuffix(".activation_scaling_factor"): float(
+                f.get_tensor(k)
+            )
+            for k in f.keys()  # noqa: SIM118 - safe_open has no __iter__
+            if k.endswith(".activation_scaling_factor")
+        }
+
+
+def test_megatron_checkpoints_with_te_fp8_state(tmp_path: Path) -> None:
+    """Hand-written Megatron checkpoints (tiny_models; Transformer Engine cannot be installed, so
+    megatron-core cannot save TE modules here) in both layouts: the converter takes layer 0's input
+    ranges from TE's state and calibrates the rest."""
+    from tiny_models import llama_to_megatron, save_megatron_legacy, save_megatron_torch_dist
+
+    full, args = llama_to_megatron(make_llama(tmp_path / "hf"), 104)
+    legacy: dict[str, list[object]] = {}
+    dist: dict[str, object] = {}
+    for module, amax in RECORDED.items():
+        name = f"decoder.layers.0.{module}._extra_state"
+        # Legacy: one state per TP rank, older TE encoding on rank 0; the larger amax counts.
+        legacy[name] = [as_bytesio(te_state([amax / 2, amax * 0.9])), as_uint8_tensor(te_state([amax]))]
+        dist[name] = as_uint8_tensor(te_state([amax, amax / 3]))
+    for module in ("mlp.linear_fc2", *RECORDED):
+        legacy.setdefault(f"decoder.layers.0.{module}._extra_state", [torch.empty(0, dtype=torch.uint8)] * 2)
+        for layer in range(1, args["num_layers"]):
+            legacy[f"decoder.layers.{layer}.{module}._extra_state"] = [torch.empty(0, dtype=torch.uint8)] * 2
+            dist[f"decoder.layers.{layer}.{module}._extra_state"] = torch.empty(0, dtype=torch.uint8)
+    dist["decoder.layers.0.mlp.linear_fc2._extra_state"] = torch.empty(0, dtype=torch.uint8)
+
+    baseline = _convert_fp8(save_megatron_legacy(full, args, tmp_path / "plain", tp=2, pp=1), tmp_path / "o0")
+    got = {
+        "legacy": _convert_fp8(
+            save_megatron_legacy(full, args, tmp_path / "legacy", tp=2, pp=1, te_states=legacy),
+            tmp_path / "o1",
+        ),
+        "torch_dist": _convert_fp8(
+            save_megatron_torch_dist(full, args, tmp_path / "dist", te_states=dist), tmp_path / "o2"
+        ),
+    }
+    recorded = {f"0.{linear}": amax / FP8_E4M3_MAX for linear, amax in LINEARS.items()}
+    assert set(recorded) <= set(baseline)
+    for layout, scales in got.items():
+        assert set(scales) == set(baseline), layout
+        for key, value in scales.items():
+            want = recorded.get(key, baseline[key])  # calibrated where TE recorded nothing
+            assert value == pytest.approx(want, rel=1e-6), (layout, key)
+        assert scales["0.attention.dense"] != pytest.approx(baseline["0.attention.dense"]), layout

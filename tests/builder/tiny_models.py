@@ -218,10 +218,26 @@ def _namespace(args: dict[str, Any], tp: int, pp: int) -> argparse.Namespace:
     )
 
 
+def _no_fp8_state() -> io.BytesIO:
+    """What older TE's get_extra_state saves for a module not trained in FP8: torch.save(None)."""
+    buf = io.BytesIO()
+    torch.save(None, buf)
+    return buf
+
+
 def save_megatron_legacy(
-    full: dict[str, torch.Tensor], args: dict[str, Any], root: Path, *, tp: int, pp: int
+    full: dict[str, torch.Tensor],
+    args: dict[str, Any],
+    root: Path,
+    *,
+    tp: int,
+    pp: int,
+    te_states: dict[str, list[Any]] | None = None,
 ) -> Path:
-    """Write ``root/iter_0000010/mp_rank_XX[_YYY]/model_optim_rng.pt`` plus the tracker file."""
+    """Write ``root/iter_0000010/mp_rank_XX[_YYY]/model_optim_rng.pt`` plus the tracker file.
+
+    ``te_states``: ``decoder.layers.N.<module>._extra_state`` -> the value each TP rank saved
+    (Transformer Engine's FP8 state, as TE encodes it)."""
     it = root / "iter_0000010"
     layers = args["num_layers"]
     per = layers // pp
@@ -235,12 +251,18 @@ def save_megatron_legacy(
                         continue
                     local = name.replace(f"decoder.layers.{idx}.", f"decoder.layers.{idx - p * per}.", 1)
                     sd[local] = _shard(name, t, tp, r, args["swiglu"]).clone()
-                    if local.endswith("linear_qkv.weight"):  # TE keeps opaque extra state next to weights
-                        sd[local.replace(".weight", "._extra_state")] = io.BytesIO(b"te")
+                    if local.endswith("linear_qkv.weight"):  # TE keeps extra state next to weights
+                        sd[local.replace(".weight", "._extra_state")] = _no_fp8_state()
                 elif (name.startswith("embedding.") and p == 0) or (
                     name.startswith(("decoder.final_layernorm", "output_layer")) and p == pp - 1
                 ):
                     sd[name] = _shard(name, t, tp, r, args["swiglu"]).clone()
+            for name, per_rank in (te_states or {}).items():
+                idx = int(name.split(".")[2])
+                if p * per <= idx < (p + 1) * per:
+                    sd[name.replace(f"decoder.layers.{idx}.", f"decoder.layers.{idx - p * per}.", 1)] = (
+                        per_rank[r]
+                    )
             sub = f"mp_rank_{r:02d}" if pp == 1 else f"mp_rank_{r:02d}_{p:03d}"
             (it / sub).mkdir(parents=True)
             torch.save(
@@ -252,10 +274,19 @@ def save_megatron_legacy(
 
 
 def save_megatron_torch_dist(
-    full: dict[str, torch.Tensor], args: dict[str, Any], path: Path, *, stacked: bool = True
+    full: dict[str, torch.Tensor],
+    args: dict[str, Any],
+    path: Path,
+    *,
+    stacked: bool = True,
+    te_states: dict[str, Any] | None = None,
 ) -> Path:
-    """A torch_dist checkpoint: global tensors, decoder layers stacked on a leading axis."""
-    sd: dict[str, torch.Tensor] = {}
+    """A torch_dist checkpoint: global tensors, decoder layers stacked on a leading axis.
+
+    ``te_states``: ``decoder.layers.N.<module>._extra_state`` -> TE's state, saved as megatron-core's
+    ShardedObject is (dist_checkpointing/strategies/torch.py): item ``<name>/shard_<offset>_<shape>``
+    holding ``torch.save([state])``, the layer number as the offset when layers are stacked."""
+    sd: dict[str, Any] = {}
     if stacked:
         suffixes = sorted({n.split(".", 3)[3] for n in full if n.startswith("decoder.layers.")})
         for s in suffixes:
@@ -265,6 +296,15 @@ def save_megatron_torch_dist(
         sd.update({n: t for n, t in full.items() if not n.startswith("decoder.layers.")})
     else:
         sd = dict(full)
+    layers = args["num_layers"]
+    for name, state in (te_states or {}).items():
+        idx = int(name.split(".")[2])
+        key = (
+            f"decoder.layers.{name.split('.', 3)[3]}/shard_{idx}_{layers}" if stacked else f"{name}/shard_0_1"
+        )
+        buf = io.BytesIO()
+        torch.save([state], buf)
+        sd[key] = buf
     path.mkdir(parents=True)
     dcp_save(sd, storage_writer=FileSystemWriter(str(path)), no_dist=True)
     torch.save({"args": _namespace(args, 1, 1), "iteration": 10}, path / "common.pt")

@@ -17,6 +17,7 @@ from pitcrew_builder.checkpoint import CheckpointError
 from pitcrew_builder.convert.megatron_config import MegatronModel, megatron_model, missing_args
 from pitcrew_builder.convert.megatron_readers import LegacyReader, MegatronReader, TorchDistReader
 from pitcrew_builder.convert.source import ModelSource, Tensors, check_layer, expect_shape
+from pitcrew_builder.convert.te_fp8 import TE_MODULES, layer_activation_amax
 
 _TRACKER = "latest_checkpointed_iteration.txt"
 
@@ -121,6 +122,18 @@ class MegatronSource(ModelSource):
             return self._layer(index)
         finally:
             self.reader.release()
+
+    def activation_amax(self, index: int) -> dict[str, float]:
+        """Input ranges Transformer Engine recorded while training in FP8 (``te_fp8``); a legacy
+        checkpoint keeps one state per TP rank: the largest amax over the ranks is taken. The
+        writer asks before reading the layer, which then reuses the files opened here."""
+        out: dict[str, float] = {}
+        for module in TE_MODULES:
+            key = f"{module}._extra_state"
+            for value in self.reader.extra_states(f"decoder.layers.{index}.{key}"):
+                for linear, amax in layer_activation_amax({key: value}).items():
+                    out[linear] = max(out.get(linear, 0.0), amax)
+        return out
 
     def _embeddings(self) -> Tensors:
         c = self.config

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pitcrew_builder.checkpoint import CheckpointError
-from pitcrew_builder.convert.torch_load import args_dict, load_pt, load_pt_bytes
+from pitcrew_builder.convert.torch_load import args_dict, bytesio_value, load_pt, load_pt_bytes
 
 if TYPE_CHECKING:  # importing torch.distributed.checkpoint takes seconds: only torch_dist pays for it
     from torch.distributed.checkpoint.planner import ReadItem
@@ -39,6 +39,11 @@ class MegatronReader:
         """The full tensor ``name``, or None when the checkpoint has no such tensor."""
         raise NotImplementedError
 
+    def extra_states(self, name: str) -> list[Any]:
+        """Transformer Engine's ``<module>._extra_state`` values saved for ``name`` (one per TP rank
+        that saved one; empty when none)."""
+        return []
+
     def release(self) -> None:
         """Drop open files/mappings; called after each layer so converted tensors leave the RSS."""
 
@@ -50,6 +55,11 @@ class MegatronReader:
 def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Model tensors only: drop TE's ``_extra_state`` and anything that is not a tensor."""
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+
+
+def _extras(state: dict[str, Any]) -> dict[str, Any]:
+    """TE's ``_extra_state`` entries (FP8 meta), kept apart from the tensors."""
+    return {k: v for k, v in state.items() if k.endswith("._extra_state")}
 
 
 def _tp_merge(suffix: str, shards: list[torch.Tensor], swiglu: bool) -> torch.Tensor:
@@ -113,6 +123,7 @@ class LegacyReader(MegatronReader):
         # Rank files are mmap'ed and only the current stage's stay open: pages of tensors already
         # converted are unmapped (released from the RSS) when ``release`` drops them.
         self._open: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._extra: dict[int, list[dict[str, Any]]] = {}
         self.keys: list[set[str]] = []
         for p in range(self.pp):
             stage = self._stage(p)
@@ -139,7 +150,7 @@ class LegacyReader(MegatronReader):
         """State dicts of every TP rank of pipeline stage ``p`` (mmap'ed: read on first touch)."""
         if p in self._open:
             return self._open[p]
-        row = []
+        row, extras = [], []
         for t in range(self.tp):
             path = self.files[(t, p)]
             blob = load_pt(path)
@@ -150,11 +161,26 @@ class LegacyReader(MegatronReader):
                     raise CheckpointError("virtual pipeline checkpoints ('model0', ...) are not supported")
                 raise CheckpointError(f"{path} lacks the 'model' state dict")
             row.append(_strip(blob["model"]))
+            extras.append(_extras(blob["model"]))
         self._open[p] = row
+        self._extra[p] = extras
         return row
 
     def release(self) -> None:
         self._open.clear()
+        self._extra.clear()
+
+    def extra_states(self, name: str) -> list[Any]:
+        m = _LAYER.match(name)
+        if not m:
+            return []
+        layer, suffix = int(m.group(1)), m.group(2)
+        for p in reversed(range(self.pp)):
+            if layer >= self.offsets[p]:
+                self._stage(p)
+                key = f"decoder.layers.{layer - self.offsets[p]}.{suffix}"
+                return [ex[key] for ex in self._extra[p] if key in ex]
+        return []
 
     def _merge(self, p: int, key: str, suffix: str) -> torch.Tensor | None:
         if key not in self.keys[p]:
@@ -208,7 +234,7 @@ class TorchDistReader(MegatronReader):
 
     def __init__(self, ckpt_dir: Path, args: dict[str, Any] | None) -> None:
         from torch.distributed.checkpoint.filesystem import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+        from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
         if not (ckpt_dir / ".metadata").is_file():
             raise CheckpointError(f"{ckpt_dir} has no .metadata (not a torch_dist checkpoint)")
@@ -220,6 +246,14 @@ class TorchDistReader(MegatronReader):
             for k, v in self.metadata.state_dict_metadata.items()
             if isinstance(v, TensorStorageMetadata) and "_extra_state" not in k
         }
+        # TE extra states are ShardedObject items "<name>._extra_state/shard_<offsets>_<shape>":
+        # stacked layers give the layer number as the first offset. (base name, offset) -> item key.
+        self.objects: dict[tuple[str, int], str] = {}
+        for k, v in self.metadata.state_dict_metadata.items():
+            base, _, shard = k.partition("/shard_")
+            if isinstance(v, BytesStorageMetadata) and base.endswith("._extra_state"):
+                offset = shard.split("_", 1)[0].split(".", 1)[0] if shard else "0"
+                self.objects[(base, int(offset) if offset.isdigit() else 0)] = k
         self.dir = ckpt_dir
         self.args = self._saved_args()
         self.saved_args = bool(self.args)
@@ -243,6 +277,21 @@ class TorchDistReader(MegatronReader):
                 if isinstance(blob, dict) and blob.get("args") is not None:
                     return args_dict(blob["args"], f"{self.dir} item {key}")
         return {}
+
+    def extra_states(self, name: str) -> list[Any]:
+        key = self.objects.get((self.prefix + name, 0))
+        m = _LAYER.match(name)
+        if key is None and m:
+            key = self.objects.get((f"{self.prefix}decoder.layers.{m.group(2)}", int(m.group(1))))
+        if key is None:
+            return []
+        where = f"{self.dir} item {key}"
+        blob = load_pt_bytes(self._read_bytes(key), where)
+        # DCP's planner torch.saves the BytesIO megatron-core hands it, which holds torch.save([state]).
+        inner = bytesio_value(blob)
+        if inner is not None:
+            blob = load_pt_bytes(inner, where) if inner else None
+        return [blob]
 
     def _read_bytes(self, key: str) -> bytes:
         from torch.distributed.checkpoint.metadata import MetadataIndex

@@ -16,11 +16,16 @@ calibrated amaxes. Weights are re-measured from the exported weights themselves 
 past iterations' weights). TE keeps no K/V ranges for the KV cache: those still come from the
 calibration set.
 
-Not wired into the Megatron reader yet: a ModelSource offers these through ``activation_amax``.
+MegatronSource.activation_amax reads them (both checkpoint layouts: legacy rank files keep one
+state per TP rank, of which the largest amax is taken; torch_dist keeps TP rank 0's as a
+``ShardedObject`` item per layer), so the writer uses them instead of calibrated input ranges for
+the layers that have them, as Megatron's own exporter takes TE's scales. Nothing in a state is
+executed: the pickle is read by an unpickler that only rebuilds tensors (weights_only loads).
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 from typing import Any
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 
 from pitcrew_builder.checkpoint import CheckpointError
+from pitcrew_builder.convert.torch_load import OpaqueObject, bytesio_value, load_pt_bytes
 
 FP8_E4M3_MAX = 448.0
 GEMM1_INPUT = 0
@@ -40,15 +46,39 @@ TE_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _tensor_from_bytes(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Unpickles TE's state dict, allowing only what rebuilds tensors (no code from the file runs)."""
+
+    ALLOWED: dict[tuple[str, str], Any] = {
+        ("torch.storage", "_load_from_bytes"): _tensor_from_bytes,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,  # type: ignore[attr-defined]
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Transformer Engine state")
+        return found
+
+
 def decode_extra_state(value: Any) -> dict[str, Any] | None:
     """The dict a TE module saved as ``_extra_state``; None when it saved nothing (no FP8)."""
     if value is None:
         return None
     if isinstance(value, dict):
         return value
+    if isinstance(value, list) and len(value) == 1:  # a torch_dist ShardedObject item: [state]
+        value = value[0]
     if isinstance(value, io.BytesIO):
         value.seek(0)
         raw = value.read()
+    elif isinstance(value, OpaqueObject) and (inner := bytesio_value(value)) is not None:  # via torch_load
+        raw = inner
     elif isinstance(value, torch.Tensor):
         if value.numel() == 0:
             return None
@@ -61,14 +91,18 @@ def decode_extra_state(value: Any) -> dict[str, Any] | None:
         )
     if not raw:
         return None
-    try:
-        state = pickle.loads(raw) if raw[:1] == b"\x80" else None
-    except Exception:
-        state = None
-    if state is None:
+    state: Any = None
+    pickled = raw[:1] == b"\x80"
+    if pickled:
         try:
-            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
-        except Exception as exc:
+            state = _StateUnpickler(io.BytesIO(raw)).load()
+        except Exception:
+            pickled = False
+        pickled = pickled and isinstance(state, dict)  # else maybe a legacy torch.save (magic number)
+    if not pickled:  # older TE: a torch.save blob
+        try:
+            state = load_pt_bytes(raw, "Transformer Engine extra state")
+        except CheckpointError as exc:
             raise CheckpointError(f"Transformer Engine extra state cannot be read: {exc}") from exc
     if state is not None and not isinstance(state, dict):
         raise CheckpointError(f"Transformer Engine extra state is a {type(state).__name__}, expected a dict")

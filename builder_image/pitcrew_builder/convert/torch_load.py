@@ -37,6 +37,16 @@ class OpaqueObject:
         return f"<opaque {self.qualname}{self.args!r}>"
 
 
+def bytesio_value(obj: Any) -> bytes | None:
+    """The contents of an ``io.BytesIO`` as ``load_pt`` returns it (a stub), else None."""
+    if isinstance(obj, OpaqueObject) and obj.qualname == "_io.BytesIO":
+        state = getattr(obj, "state", None)
+        if isinstance(state, tuple) and state and isinstance(state[0], bytes):
+            return state[0]
+        return b""
+    return None
+
+
 def _stub(qualname: str) -> type[OpaqueObject]:
     return type("Opaque_" + qualname.replace(".", "_"), (OpaqueObject,), {"qualname": qualname})
 

@@ -96,11 +96,12 @@ def write_checkpoint(
         for p in range(pp):
             for local, layer in enumerate(config.layers_of_pp_rank(p)):
                 report(f"layer {layer + 1}/{config.num_hidden_layers}", (layer + 1) / total)
+                # Ranges the training run recorded (TE FP8 state) win over calibrated ones.
+                recorded = source.activation_amax(layer) if calibrator else {}
                 full = source.layer(layer)
                 scales: dict[str, torch.Tensor] = {}
                 if calibrator:
-                    # Ranges the training run recorded (TE FP8 state) win over calibrated ones.
-                    amax = {**calibrator.step(full), **source.activation_amax(layer)}
+                    amax = {**calibrator.step(full), **recorded}
                     scales = layer_scales(config, full, amax)
                 for t in range(tp):
                     prefix = f"transformer.layers.{local}."
