@@ -7,8 +7,11 @@ torch.save'd BytesIO), with the delayed-scaling fields it saves.
 
 from __future__ import annotations
 
+import enum
 import io
+import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,21 @@ from pitcrew_builder.convert.te_fp8 import decode_extra_state, input_amax, layer
 from pitcrew_builder.convert.writer import write_checkpoint
 
 
+class Format(enum.Enum):  # stands in for transformer_engine.common.recipe.Format
+    HYBRID = "hybrid"
+
+
+@dataclass
+class DelayedScaling:  # TE saves its recipe object in the state: it must not be executed on load
+    fp8_format: Format = Format.HYBRID
+    amax_history_len: int = 4
+
+
+class Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/pitcrew-te-fp8-exploit",))
+
+
 def te_state(input_history: list[float], weight: float = 0.5, history_len: int = 4) -> dict[str, object]:
     history = torch.zeros(history_len, 3)
     history[: len(input_history), 0] = torch.tensor(input_history)
@@ -34,6 +52,7 @@ def te_state(input_history: list[float], weight: float = 0.5, history_len: int =
         "scale_bwd": torch.ones(2),
         "amax_history_bwd": torch.zeros(history_len, 2),
         "extra_fp8_variables": {"num_gemms": 1},
+        "recipe": DelayedScaling(),
     }
 
 
@@ -52,6 +71,14 @@ def test_decode_and_input_amax(encode) -> None:  # type: ignore[no-untyped-def]
     state = decode_extra_state(encode(te_state([1.5, 3.25, 2.0])))
     assert input_amax(state) == 3.25  # the largest value of the input's history column
     assert input_amax(state, 1) == 0.5
+
+
+def test_foreign_objects_in_the_state_are_not_run(tmp_path: Path) -> None:
+    marker = Path("/tmp/pitcrew-te-fp8-exploit")
+    marker.unlink(missing_ok=True)
+    state = {**te_state([3.0]), "recipe": Exploit()}
+    assert input_amax(decode_extra_state(as_uint8_tensor(state))) == 3.0
+    assert not marker.exists()
 
 
 def test_no_fp8_state_and_scale_only_state() -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from pitcrew_builder.checkpoint import CheckpointError
-from pitcrew_builder.convert.torch_load import OpaqueObject, bytesio_value, load_pt_bytes
+from pitcrew_builder.convert.torch_load import OpaqueObject, bytesio_value, load_pt_bytes, stub_class
 
 FP8_E4M3_MAX = 448.0
 GEMM1_INPUT = 0
@@ -51,19 +51,17 @@ def _tensor_from_bytes(data: bytes) -> Any:
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """Unpickles TE's state dict, allowing only what rebuilds tensors (no code from the file runs)."""
+    """Unpickles TE's state dict without running code from it: tensors are rebuilt (weights_only
+    loads); any other class (TE's ``recipe``, its enums) becomes an inert stub."""
 
     ALLOWED: dict[tuple[str, str], Any] = {
         ("torch.storage", "_load_from_bytes"): _tensor_from_bytes,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,  # type: ignore[attr-defined]
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        found = self.ALLOWED.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Transformer Engine state")
-        return found
+        return self.ALLOWED.get((module, name)) or stub_class(f"{module}.{name}")
 
 
 def decode_extra_state(value: Any) -> dict[str, Any] | None:

@@ -47,6 +47,11 @@ def bytesio_value(obj: Any) -> bytes | None:
     return None
 
 
+def stub_class(qualname: str) -> type[OpaqueObject]:
+    """An inert stand-in for the class ``qualname`` (records what it is called with)."""
+    return _stub(qualname)
+
+
 def _stub(qualname: str) -> type[OpaqueObject]:
     return type("Opaque_" + qualname.replace(".", "_"), (OpaqueObject,), {"qualname": qualname})
 
