@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, events, jobs, jobstatus, metrics, pacing, plans, sharing, statuses, tenancy
+from pitcrew import cachekey, events, jobs, jobstatus, metrics, plans, sharing, slots, statuses, tenancy
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.v1alpha1 import (
     GROUP,
@@ -197,18 +197,18 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     if meta.get("deletionTimestamp"):
         return
     resumable = cause == "resume" and status.get("observedGeneration") == gen and status.get("cacheKey")
-    upgrade: pacing.Upgrade | None = None
+    upgrade: slots.Upgrade | None = None
     if resumable and (status.get("phase") in statuses.TERMINAL or status.get("job")):
         # Restart: running builds are followed from their Job's events; finished ones need nothing
         # unless the operator's builder image for their backend changed (and they did not pin one).
         if status.get("phase") not in statuses.TERMINAL:
             RT.schedule(uid, lambda: sync(uid, ns, name))
             return
-        upgrade = pacing.needs_upgrade(body, RT.settings)
+        upgrade = slots.needs_upgrade(body, RT.settings)
         if upgrade is None:
             return
     elif cause == "upgrade":
-        upgrade = pacing.needs_upgrade(body, RT.settings)
+        upgrade = slots.needs_upgrade(body, RT.settings)
         if upgrade is None:
             return
     if upgrade is not None:
@@ -349,7 +349,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         metrics.CACHE_HITS.inc()
         metrics.TRANSITIONS.labels(Phase.SUCCEEDED.value, REASON_CACHE_HIT).inc()
         if upgrade is not None:
-            _post(body, "Normal", pacing.REASON_UPGRADE, pacing.upgrade_message(upgrade, key))
+            _post(body, "Normal", slots.REASON_UPGRADE, slots.upgrade_message(upgrade, key))
         _post(body, "Normal", REASON_CACHE_HIT, message)
         _dequeue(uid)
         return
@@ -360,7 +360,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     )
     job_name = job["metadata"]["name"]
     created = str(meta.get("creationTimestamp") or "")
-    entry = pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
+    entry = slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
     engine = job["metadata"]["annotations"][sharing.ANN_ENGINE]
     # One Job per engine: looking for another build's Job and creating ours is one step per engine.
     async with RT.lock("engine:" + engine):
@@ -394,34 +394,34 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     if slot is not None:
         # Over PITCREW_MAX_ACTIVE_BUILDS: queued; the poller (or a finishing Job) starts it later.
         active, ahead = slot
-        message = pacing.waiting_message(active, RT.settings.max_active_builds, ahead)
+        message = slots.waiting_message(active, RT.settings.max_active_builds, ahead)
         if upgrade is not None:
             message += f" (builder upgrade {upgrade.old_image} -> {upgrade.new_image})"
         update = statuses.compose(
-            status, phase=Phase.QUEUED, reason=pacing.REASON_WAITING, message=message, generation=gen,
+            status, phase=Phase.QUEUED, reason=slots.REASON_WAITING, message=message, generation=gen,
             now=statuses.now_rfc3339(), upgrade=marker, cacheKey=key, cacheHit=False,
             builderImage=resolved.builder_image, job=None, progress=None,
         )  # fmt: skip
         if upgrade is not None:
-            _post(body, "Normal", pacing.REASON_UPGRADE, pacing.upgrade_message(upgrade, key))
-        if status.get("reason") != pacing.REASON_WAITING or status.get("cacheKey") != key:
+            _post(body, "Normal", slots.REASON_UPGRADE, slots.upgrade_message(upgrade, key))
+        if status.get("reason") != slots.REASON_WAITING or status.get("cacheKey") != key:
             patch.status.update(update)
-            metrics.TRANSITIONS.labels(Phase.QUEUED.value, pacing.REASON_WAITING).inc()
-            _post(body, "Normal", pacing.REASON_WAITING, message)
+            metrics.TRANSITIONS.labels(Phase.QUEUED.value, slots.REASON_WAITING).inc()
+            _post(body, "Normal", slots.REASON_WAITING, message)
         log.info("queued", extra={"eb": f"{ns}/{name}", "active": active, "ahead": ahead})
         return
     if upgrade is not None:
         # The one extra write of an upgrade: why it rebuilds, visible before the Job reports.
-        message = pacing.upgrade_message(upgrade, key)
+        message = slots.upgrade_message(upgrade, key)
         patch.status.update(
             statuses.compose(
-                status, phase=Phase.QUEUED, reason=pacing.REASON_UPGRADE, message=message, generation=gen,
+                status, phase=Phase.QUEUED, reason=slots.REASON_UPGRADE, message=message, generation=gen,
                 now=statuses.now_rfc3339(), upgrade=True, cacheKey=key, cacheHit=False,
                 builderImage=resolved.builder_image, job={"name": job_name, "attempts": 0}, progress=None,
             )
         )  # fmt: skip
-        metrics.TRANSITIONS.labels(Phase.QUEUED.value, pacing.REASON_UPGRADE).inc()
-        _post(body, "Normal", pacing.REASON_UPGRADE, message)
+        metrics.TRANSITIONS.labels(Phase.QUEUED.value, slots.REASON_UPGRADE).inc()
+        _post(body, "Normal", slots.REASON_UPGRADE, message)
     # The status follows from the Job's first watch events (saves a write per build).
     RT.schedule(uid, lambda: sync(uid, ns, name))
 
@@ -551,7 +551,7 @@ async def resync_jobs() -> int:
 
 
 async def start_job(
-    body: Mapping[str, Any], entry: pacing.QueueEntry, job: Obj, key: str
+    body: Mapping[str, Any], entry: slots.QueueEntry, job: Obj, key: str
 ) -> tuple[int, int] | None:
     """Creates the builder Job if a build slot is free; else queues the build: (active, ahead)."""
     cap = RT.settings.max_active_builds
@@ -560,9 +560,9 @@ async def start_job(
         await prime_jobs()
     async with RT.admission_lock if cap > 0 else contextlib.nullcontext():
         if cap > 0:
-            skip = pacing.backing_off(RT.admit_backoff, time.monotonic())
-            active, ahead = RT.active_jobs(), pacing.ahead_of(entry, RT.queue.values(), skip)
-            if not pacing.admit(active, cap, ahead):
+            skip = slots.backing_off(RT.admit_backoff, time.monotonic())
+            active, ahead = RT.active_jobs(), slots.ahead_of(entry, RT.queue.values(), skip)
+            if not slots.admit(active, cap, ahead):
                 RT.queue[entry.uid] = entry
                 metrics.STATE.queued_builds = len(RT.queue)
                 return active, ahead
@@ -615,13 +615,13 @@ async def run(uid: str, ns: str, name: str, cause: str) -> None:
 def _requeue_later(uid: str, ns: str, name: str, created: str) -> None:
     """Back in line (its place is by age) after a failed admission; tried again after
     PITCREW_RETRY_SECONDS, and meanwhile not counted ahead of anyone."""
-    RT.queue.setdefault(uid, pacing.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
+    RT.queue.setdefault(uid, slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
     RT.admit_backoff[uid] = time.monotonic() + RT.settings.retry_seconds
     metrics.STATE.queued_builds = len(RT.queue)
 
 
 async def admit_queued() -> None:
-    """Starts queued builds in pacing.order (round-robin across namespaces) while slots are free.
+    """Starts queued builds in slots.order (round-robin across namespaces) while slots are free.
 
     A build whose admission fails (S3 or API trouble) goes back in line with a retry time and the
     next one is tried: one failing build does not stop admissions for everyone.
@@ -631,10 +631,10 @@ async def admit_queued() -> None:
     async with RT.admitting:
         cap = RT.settings.max_active_builds
         await prime_jobs()
-        for entry in pacing.serve_order(RT.queue.values(), RT.admit_backoff, time.monotonic()):
+        for entry in slots.serve_order(RT.queue.values(), RT.admit_backoff, time.monotonic()):
             if entry.uid not in RT.queue:
                 continue  # gone meanwhile (deleted, or started by its own handler)
-            if not pacing.admit(RT.active_jobs(), cap):
+            if not slots.admit(RT.active_jobs(), cap):
                 break
             _dequeue(entry.uid)
             try:
@@ -806,7 +806,7 @@ async def sync(uid: str, ns: str, name: str) -> None:
         if phase.value in statuses.TERMINAL:
             # A build that ran with an older image (e.g. started before an operator upgrade) is
             # rebuilt now that it has finished, once per image.
-            up = pacing.needs_upgrade({**body, "status": {**status, **patch}}, RT.settings)
+            up = slots.needs_upgrade({**body, "status": {**status, **patch}}, RT.settings)
             if up is not None and RT.upgrades_tried.get(uid) != up.new_image:
                 RT.upgrades_tried[uid] = up.new_image
                 RT.schedule(uid, lambda: run(uid, ns, name, "upgrade"))

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pitcrew.kube import Kube
-from pitcrew.pacing import QueueEntry
 from pitcrew.settings import Settings, SettingsError
+from pitcrew.slots import QueueEntry
 from pitcrew.storage import Storage
 
 log = logging.getLogger("pitcrew")
@@ -100,7 +100,7 @@ class Runtime:
     # write fewer per build). Unschedulable and retrying pods are written at once.
     quiet_queued_seconds: float = 10.0
     # Builds waiting for a slot under PITCREW_MAX_ACTIVE_BUILDS (uid -> entry), served in
-    # pacing.order. In memory only: after a restart the resume handlers queue them again.
+    # slots.order. In memory only: after a restart the resume handlers queue them again.
     queue: dict[str, QueueEntry] = field(default_factory=dict)
     # Queued builds whose admission failed (e.g. S3 down for their bucket): uid -> monotonic time
     # before which they are not tried again and do not hold back the builds behind them.

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 import pytest
 
-from pitcrew import pacing, reconcile
+from pitcrew import reconcile, slots
 from pitcrew.runtime import Runtime
 from pitcrew.settings import Settings
 
@@ -48,9 +48,9 @@ class FakeKube:
         return body
 
 
-def _entry(body: dict[str, Any]) -> pacing.QueueEntry:
+def _entry(body: dict[str, Any]) -> slots.QueueEntry:
     m = body["metadata"]
-    return pacing.QueueEntry(
+    return slots.QueueEntry(
         created=m["creationTimestamp"], namespace=m["namespace"], name=m["name"], uid=m["uid"]
     )
 
@@ -95,8 +95,8 @@ def test_a_build_backing_off_is_not_counted_ahead(rt: Runtime) -> None:
 
 
 def test_retry_time_passed_means_tried_again() -> None:
-    a = pacing.QueueEntry("2026-01-01T10:00:00Z", "a", "x", "x")
-    b = pacing.QueueEntry("2026-01-01T10:00:01Z", "a", "y", "y")
-    assert pacing.serve_order([b, a], {"x": 100.0}, now=50.0) == [b]
-    assert pacing.serve_order([b, a], {"x": 100.0}, now=150.0) == [a, b]
-    assert pacing.ahead_of(b, [a, b], skip={"x"}) == 0 and pacing.ahead_of(b, [a, b]) == 1
+    a = slots.QueueEntry("2026-01-01T10:00:00Z", "a", "x", "x")
+    b = slots.QueueEntry("2026-01-01T10:00:01Z", "a", "y", "y")
+    assert slots.serve_order([b, a], {"x": 100.0}, now=50.0) == [b]
+    assert slots.serve_order([b, a], {"x": 100.0}, now=150.0) == [a, b]
+    assert slots.ahead_of(b, [a, b], skip={"x"}) == 0 and slots.ahead_of(b, [a, b]) == 1

@@ -1,4 +1,4 @@
-"""Builder upgrades and the build-slot queue: the pure decisions (pitcrew.pacing, conditions)."""
+"""Builder upgrades and the build-slot queue: the pure decisions (pitcrew.slots, conditions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pitcrew import conditions, jobs, pacing, reconcile, statuses
+from pitcrew import conditions, jobs, reconcile, slots, statuses
 from pitcrew.api.v1alpha1 import Phase
 from pitcrew.runtime import Runtime, job_active
 from pitcrew.settings import Settings
@@ -32,13 +32,13 @@ def _eb(
 
 
 def test_unpinned_finished_build_of_another_image_is_upgraded() -> None:
-    up = pacing.needs_upgrade(_eb(), SETTINGS)
-    assert up == pacing.Upgrade(backend="tensorrt-llm", old_image=OLD, new_image=NEW)
+    up = slots.needs_upgrade(_eb(), SETTINGS)
+    assert up == slots.Upgrade(backend="tensorrt-llm", old_image=OLD, new_image=NEW)
     # Failed builds too: a new builder may fix them.
-    assert pacing.needs_upgrade(_eb(phase="Failed"), SETTINGS) is not None
+    assert slots.needs_upgrade(_eb(phase="Failed"), SETTINGS) is not None
     # The image is the one of the build's backend.
-    assert pacing.needs_upgrade(_eb(image=RTX, backend="tensorrt-rtx"), SETTINGS) is None
-    assert pacing.needs_upgrade(_eb(image=NEW, backend="tensorrt-rtx"), SETTINGS) == pacing.Upgrade(
+    assert slots.needs_upgrade(_eb(image=RTX, backend="tensorrt-rtx"), SETTINGS) is None
+    assert slots.needs_upgrade(_eb(image=NEW, backend="tensorrt-rtx"), SETTINGS) == slots.Upgrade(
         backend="tensorrt-rtx", old_image=NEW, new_image=RTX
     )
 
@@ -56,22 +56,22 @@ def test_unpinned_finished_build_of_another_image_is_upgraded() -> None:
     ],
 )
 def test_no_upgrade(body: dict[str, Any], why: str) -> None:
-    assert pacing.needs_upgrade(body, SETTINGS) is None, why
+    assert slots.needs_upgrade(body, SETTINGS) is None, why
 
 
 def test_admission_given_active_count_and_cap() -> None:
-    assert pacing.admit(active=0, cap=1)
-    assert not pacing.admit(active=1, cap=1)
-    assert pacing.admit(active=7, cap=8) and not pacing.admit(active=8, cap=8)
-    assert not pacing.admit(active=9, cap=8)  # e.g. the cap was lowered
+    assert slots.admit(active=0, cap=1)
+    assert not slots.admit(active=1, cap=1)
+    assert slots.admit(active=7, cap=8) and not slots.admit(active=8, cap=8)
+    assert not slots.admit(active=9, cap=8)  # e.g. the cap was lowered
     # Builds queued ahead take the free slots first.
-    assert pacing.admit(active=5, cap=8, ahead=2) and not pacing.admit(active=5, cap=8, ahead=3)
+    assert slots.admit(active=5, cap=8, ahead=2) and not slots.admit(active=5, cap=8, ahead=3)
     # 0: no cap.
-    assert pacing.admit(active=10_000, cap=0, ahead=10_000)
+    assert slots.admit(active=10_000, cap=0, ahead=10_000)
 
 
-def _entry(created: str, name: str, ns: str = "a") -> pacing.QueueEntry:
-    return pacing.QueueEntry(created=created, namespace=ns, name=name, uid=f"{ns}/{name}")
+def _entry(created: str, name: str, ns: str = "a") -> slots.QueueEntry:
+    return slots.QueueEntry(created=created, namespace=ns, name=name, uid=f"{ns}/{name}")
 
 
 def test_queue_is_round_robin_across_namespaces_oldest_first_within() -> None:
@@ -80,27 +80,27 @@ def test_queue_is_round_robin_across_namespaces_oldest_first_within() -> None:
     b1 = _entry("2026-01-01T10:00:02Z", "b", ns="a")
     b2 = _entry("2026-01-01T10:00:02Z", "b", ns="b")
     # Namespace b's only build goes right after namespace a's oldest, not behind all of a's.
-    assert pacing.order([c, b2, a, b1]) == [a, b2, b1, c]
+    assert slots.order([c, b2, a, b1]) == [a, b2, b1, c]
     queue = [c, b2, a, b1]
-    assert [pacing.ahead_of(e, queue) for e in (a, b2, b1, c)] == [0, 1, 2, 3]
+    assert [slots.ahead_of(e, queue) for e in (a, b2, b1, c)] == [0, 1, 2, 3]
     # A new build of a namespace with three queued waits behind them and the others' first rounds.
-    assert pacing.ahead_of(_entry("2026-01-01T10:00:03Z", "new"), queue) == 4
+    assert slots.ahead_of(_entry("2026-01-01T10:00:03Z", "new"), queue) == 4
     # A new build of a namespace with nothing queued goes into the first round.
-    assert pacing.ahead_of(_entry("2026-01-01T10:00:03Z", "new", ns="c"), queue) == 2
+    assert slots.ahead_of(_entry("2026-01-01T10:00:03Z", "new", ns="c"), queue) == 2
 
 
 def test_one_namespace_flooding_the_queue_does_not_starve_another() -> None:
     flood = [_entry(f"2026-01-01T10:00:{i:02d}Z", f"f{i}", ns="big") for i in range(50)]
     late = _entry("2026-01-01T11:00:00Z", "one", ns="small")
-    assert pacing.order([*flood, late])[:2] == [flood[0], late]
+    assert slots.order([*flood, late])[:2] == [flood[0], late]
 
 
 def test_waiting_message_says_where_the_build_stands() -> None:
-    assert pacing.waiting_message(8, 8, 3) == (
+    assert slots.waiting_message(8, 8, 3) == (
         "waiting for a build slot: 8 of 8 builder Jobs active (PITCREW_MAX_ACTIVE_BUILDS), "
         "3 queued builds ahead"
     )
-    assert pacing.waiting_message(1, 1, 0).endswith("next in line")
+    assert slots.waiting_message(1, 1, 0).endswith("next in line")
 
 
 def _job(*conds: tuple[str, str], deleting: bool = False) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def test_upgrade_keeps_ready_of_a_succeeded_build_and_reports_reconciling() -> N
         None, phase=Phase.SUCCEEDED, reason="Succeeded", message="ok", generation=1, now="t1"
     )
     start = statuses.compose(
-        done, phase=Phase.QUEUED, reason=pacing.REASON_UPGRADE, message="rebuilding", generation=1, now="t2",
+        done, phase=Phase.QUEUED, reason=slots.REASON_UPGRADE, message="rebuilding", generation=1, now="t2",
         upgrade=True,
     )  # fmt: skip
     c = _by_type(start["conditions"])
@@ -160,7 +160,7 @@ def test_upgrade_of_a_failed_build_is_not_ready_and_a_spec_change_ends_an_upgrad
     start = statuses.compose(
         failed,
         phase=Phase.QUEUED,
-        reason=pacing.REASON_WAITING,
+        reason=slots.REASON_WAITING,
         message="w",
         generation=1,
         now="t2",
@@ -256,5 +256,5 @@ def test_restart_primes_the_job_view_before_admitting(monkeypatch: pytest.Monkey
     # 1 Job was already running: one slot left, so n1 starts and the others queue.
     assert results == [None, (2, 0), (2, 1)]
     assert kube.created == ["n1-job"] and kube.lists == 1
-    assert [e.name for e in pacing.order(rt.queue.values())] == ["n2", "n3"]
+    assert [e.name for e in slots.order(rt.queue.values())] == ["n2", "n3"]
     assert rt.jobs_primed and rt.active_jobs() == 2
