@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from pitcrew.api.sizing import sizes_for
 from pitcrew.api.v1alpha1 import EngineBuildSpec
 
 KEY_SCHEMA = 2  # bump when the inputs change meaning, so old engines are not mistaken for new ones
-
-
-@dataclass(frozen=True)
-class ListedObject:
-    key: str
-    size: int
-    etag: str
 
 
 def normalize_uri(uri: str) -> str:
@@ -39,15 +30,6 @@ def normalize_uri(uri: str) -> str:
     if scheme.lower() != "file":
         parts[0] = parts[0].lower()
     return f"{scheme.lower()}://" + ("/" if scheme.lower() == "file" else "") + "/".join(parts)
-
-
-def listing_digest(objects: Iterable[ListedObject], prefix: str) -> str:
-    """sha256 over the relative keys, sizes and ETags of a source listing, order-independent."""
-    base = prefix.rstrip("/") + "/" if prefix else ""
-    rows = sorted(
-        (o.key[len(base) :] if o.key.startswith(base) else o.key, o.size, o.etag.strip('"')) for o in objects
-    )
-    return "listing:sha256:" + hashlib.sha256(canonical_json(rows).encode()).hexdigest()
 
 
 def image_identity(image: str) -> str:

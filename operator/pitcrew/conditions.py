@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import Phase
 
 READY = "Ready"
@@ -17,7 +18,7 @@ STALLED = "Stalled"
 TYPES = (READY, RECONCILING, STALLED)
 # Reconciling's reason while a finished build is rebuilt for a new builder image. It also marks the
 # upgrade as under way for later writes (a status has no other place that survives a restart).
-BUILDER_UPGRADE = "BuilderUpgrade"
+BUILDER_UPGRADE = Reason.BUILDER_UPGRADE
 
 
 def desired(phase: Phase, reason: str, message: str) -> dict[str, tuple[str, str, str]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from pitcrew import jobs, memory, metrics, reconcile, sharing
+from pitcrew import jobs, jobview, memory, metrics, reconcile, sharing
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
 from pitcrew.runtime import RT, trim_job, trim_pod
 from pitcrew.settings import Settings, SettingsError
@@ -231,10 +231,7 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
     uid, ns, name = owner
     job_uid, job_name = body["metadata"]["uid"], body["metadata"]["name"]
     trimmed = trim_job(body)
-    finished = any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in trimmed["status"].get("conditions") or ()
-    )
+    finished = jobview.finished(trimmed)
     if type == "DELETED":
         RT.remember(RT.jobs, uid, job_name, None)
         metrics.STATE.active_jobs.discard(job_uid)

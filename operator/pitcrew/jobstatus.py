@@ -15,25 +15,27 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pitcrew import jobview
 from pitcrew.api.plan import BuildResult
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import Phase
 
 # Reasons the controller sets (the builder's own come from BuildResult.reason).
-JOB_CREATED = "JobCreated"
-WAITING = "WaitingForPod"
-SCHEDULING = "Unschedulable"
-STARTING = "Starting"
-RUNNING = "Building"
-RETRYING = "Retrying"
-SUCCEEDED = "Succeeded"
-OOM_KILLED = "OOMKilled"
-IMAGE_PULL_ERROR = "ImagePullError"
-DEADLINE_EXCEEDED = "DeadlineExceeded"
-UNSCHEDULABLE = "Unschedulable"
-CONFIG_ERROR = "ContainerConfigError"
-START_ERROR = "ContainerStartError"
-BUILDER_ERROR = "BuilderError"
-BAD_RESULT = "BadBuildResult"
+JOB_CREATED = Reason.JOB_CREATED
+WAITING = Reason.WAITING_FOR_POD
+SCHEDULING = Reason.UNSCHEDULABLE
+STARTING = Reason.STARTING
+RUNNING = Reason.BUILDING
+RETRYING = Reason.RETRYING
+SUCCEEDED = Reason.SUCCEEDED
+OOM_KILLED = Reason.OOM_KILLED
+IMAGE_PULL_ERROR = Reason.IMAGE_PULL_ERROR
+DEADLINE_EXCEEDED = Reason.DEADLINE_EXCEEDED
+UNSCHEDULABLE = Reason.UNSCHEDULABLE
+CONFIG_ERROR = Reason.CONTAINER_CONFIG_ERROR
+START_ERROR = Reason.CONTAINER_START_ERROR
+BUILDER_ERROR = Reason.BUILDER_ERROR
+BAD_RESULT = Reason.BAD_BUILD_RESULT
 
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
@@ -166,12 +168,6 @@ def failed_pod_verdict(pod: Mapping[str, Any], attempts: int) -> Verdict:
     )
 
 
-def completed(job: Mapping[str, Any]) -> bool:
-    """The Job says it succeeded (Complete, or SuccessCriteriaMet before Complete)."""
-    conds = _conditions(job)
-    return bool(_true(conds, "Complete") or _true(conds, "SuccessCriteriaMet"))
-
-
 def evaluate(
     job: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
@@ -189,7 +185,7 @@ def evaluate(
     attempts = max(counted, len(ordered))
     started = status.get("startTime")
 
-    if _true(conds, "Complete") or _true(conds, "SuccessCriteriaMet"):
+    if jobview.completed(job):
         succeeded = [p for p in ordered if p.get("status", {}).get("phase") == "Succeeded"]
         if not succeeded:
             # The pod may already be gone (TTL, GC): nothing to read the result from.

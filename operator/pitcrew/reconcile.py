@@ -18,8 +18,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import cachekey, events, jobs, jobstatus, metrics, plans, sharing, slots, statuses, tenancy
+from pitcrew import events, jobs, jobstatus, jobview, metrics, plans, sharing, slots, statuses, tenancy
+from pitcrew.api.listing import listing_digest
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import (
     GROUP,
     PLURAL,
@@ -29,20 +31,19 @@ from pitcrew.api.v1alpha1 import (
     Phase,
 )
 from pitcrew.kube import Conflict, ns_path
-from pitcrew.runtime import RT, Obj, job_active, trim_job, trim_pod
+from pitcrew.runtime import RT, Obj, trim_job, trim_pod
 from pitcrew.storage import Credentials, StorageError, sha256
 from pitcrew.validation import InvalidSpec, Problem, Resolved, secret_refs, validate
 
 log = logging.getLogger("pitcrew.reconcile")
 
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_SOURCE = "SourceUnavailable"
-REASON_STORAGE = "StorageUnavailable"
-REASON_CACHE_HIT = "CacheHit"
-REASON_VERIFY = "VerificationFailed"
-REASON_INTERNAL = "InternalError"
-REASON_FOREIGN_JOB = "JobNameTaken"
-REASON_SECRET_MISSING = "SecretNotFound"
+REASON_INVALID_SPEC = Reason.INVALID_SPEC
+REASON_SOURCE = Reason.SOURCE_UNAVAILABLE
+REASON_STORAGE = Reason.STORAGE_UNAVAILABLE
+REASON_CACHE_HIT = Reason.CACHE_HIT
+REASON_VERIFY = Reason.VERIFICATION_FAILED
+REASON_FOREIGN_JOB = Reason.JOB_NAME_TAKEN
+REASON_SECRET_MISSING = Reason.SECRET_NOT_FOUND
 
 
 def eb_path(namespace: str, name: str | None = None) -> str:
@@ -136,7 +137,7 @@ async def source_identity(spec: EngineBuildSpec, creds: Credentials | None, name
             f"spec.source.uri: no objects under {spec.source.uri}: upload the checkpoint or fix the URI"
         )
     prefix = spec.source.uri[len("s3://") :].partition("/")[2]
-    return cachekey.listing_digest(objects, prefix)
+    return listing_digest(objects, prefix)
 
 
 async def read_manifest(
@@ -309,10 +310,10 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     for j in existing:
         if j["metadata"].get("deletionTimestamp") or same_engine(j):
             continue
-        if _ann(j, jobs.ANN_KEY) != key or job_active(j):
+        if _ann(j, jobs.ANN_KEY) != key or jobview.holds_slot(j):
             await supersede(body, j)  # another key, or a running build publishing to the old place
 
-    live = [j for j in same_key if not _job_failed(j)]
+    live = [j for j in same_key if not jobview.failed(j)]
     if live or (same_key and cause == "resume"):
         # Same engine as the running/finished Job (restart, or a spec change that keeps the key).
         job = max(live or same_key, key=lambda j: int(_ann(j, jobs.ANN_GENERATION) or 0))
@@ -657,20 +658,13 @@ def _ann(obj: Mapping[str, Any], key: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _job_failed(job: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or ()
-    )
-
-
 async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
         _post(
             body,
             "Normal",
-            "Superseded",
+            Reason.SUPERSEDED,
             f"deleted builder Job {name}: the spec changed its engine (cache key or output location)",
         )
         # Its build slot is free now (the watch says so a moment later): the replacement may use it.
@@ -747,7 +741,7 @@ async def sync(uid: str, ns: str, name: str) -> None:
             if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name", job_name) == job_name
             and (p["metadata"].get("labels") or {}).get("job-name", job_name) == job_name
         ]
-        if jobstatus.completed(job) and not any(
+        if jobview.completed(job) and not any(
             (p.get("status") or {}).get("phase") == "Succeeded" for p in pods
         ):
             # The watch may not have shown the pod yet (e.g. right after a restart): ask before
@@ -987,7 +981,7 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
         ):
             # Another namespace's object is not named (tenants do not learn of each other).
             who = other["metadata"]["name"] if other["metadata"]["namespace"] == ns else "another namespace"
-            _post(body, "Normal", "ArtifactsKept", f"engine {key[:12]} is still used by {who}")
+            _post(body, "Normal", Reason.ARTIFACTS_KEPT, f"engine {key[:12]} is still used by {who}")
             return
     secrets = await read_secrets(ns, spec)
     try:
@@ -1000,7 +994,7 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
         if not e.transient:
             # Not permitted (no Secret, prefix not granted) or refused: keep the engine and let the
             # object go; deleting with the operator's own identity is exactly what must not happen.
-            _post(body, "Warning", "ArtifactsKept", f"engine {key[:12]} not deleted: {e}")
+            _post(body, "Warning", Reason.ARTIFACTS_KEPT, f"engine {key[:12]} not deleted: {e}")
             return
         raise kopf.TemporaryError(f"cannot delete the engine: {e}", delay=RT.settings.retry_seconds) from e
     log.info("deleted artifacts", extra={"eb": f"{ns}/{meta['name']}", "objects": count})

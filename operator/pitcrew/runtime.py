@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pitcrew import jobview
 from pitcrew.kube import Kube
 from pitcrew.settings import Settings, SettingsError
 from pitcrew.slots import QueueEntry
@@ -60,16 +61,6 @@ def trim_pod(body: Any) -> Obj:
             if k in status
         },
     }
-
-
-def job_active(job: Obj) -> bool:
-    """A builder Job that holds a build slot: not being deleted, no Complete/Failed condition."""
-    if job["metadata"].get("deletionTimestamp"):
-        return False
-    return not any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or ()
-    )
 
 
 def _settings_or_default() -> Settings:
@@ -138,7 +129,7 @@ class Runtime:
             table.setdefault(uid, {})[name] = value
 
     def active_jobs(self) -> int:
-        return sum(1 for by_name in self.jobs.values() for job in by_name.values() if job_active(job))
+        return sum(1 for by_name in self.jobs.values() for job in by_name.values() if jobview.holds_slot(job))
 
     def forget(self, uid: str) -> None:
         self.in_flight.pop(uid, None)

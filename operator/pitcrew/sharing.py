@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pitcrew import cachekey
+from pitcrew import cachekey, jobview
+from pitcrew.api.reasons import Reason
 
-REASON_WAITING = "WaitingForSharedBuild"
+REASON_WAITING = Reason.WAITING_FOR_SHARED_BUILD
 ANN_ENGINE = "pitcrew.dev/engine"  # on builder Jobs: engine_ident of what they publish
 
 
@@ -29,15 +30,6 @@ def engine_ident(output_uri: str, endpoint: str | None, namespace: str, key: str
     return f"{namespace} {uri}"
 
 
-def _active(job: Mapping[str, Any]) -> bool:
-    if job["metadata"].get("deletionTimestamp"):
-        return False
-    return not any(
-        c.get("type") in ("Complete", "Failed", "FailureTarget") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or ()
-    )
-
-
 def shared_builder(
     jobs_view: Mapping[str, Mapping[str, Mapping[str, Any]]], uid: str, engine: str
 ) -> Mapping[str, Any] | None:
@@ -46,7 +38,7 @@ def shared_builder(
         if owner == uid:
             continue
         for job in by_name.values():
-            if (job["metadata"].get("annotations") or {}).get(ANN_ENGINE) == engine and _active(job):
+            if (job["metadata"].get("annotations") or {}).get(ANN_ENGINE) == engine and jobview.building(job):
                 return job
     return None
 

@@ -15,12 +15,13 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import Backend, Phase
 from pitcrew.conditions import BUILDER_UPGRADE
 from pitcrew.settings import Settings
 
 REASON_UPGRADE = BUILDER_UPGRADE
-REASON_WAITING = "WaitingForBuildSlot"
+REASON_WAITING = Reason.WAITING_FOR_BUILD_SLOT
 
 FINISHED = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 

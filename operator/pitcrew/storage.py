@@ -22,7 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pitcrew.cachekey import ListedObject
+from pitcrew.api.listing import ListedObject
 
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 NO_BUCKET = frozenset({"NoSuchBucket"})

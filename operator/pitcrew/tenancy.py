@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import EngineBuildSpec
 from pitcrew.validation import Problem
 
 ENV = "PITCREW_TENANT_POLICY"
-REASON = "PolicyViolation"
+REASON = Reason.POLICY_VIOLATION
 GPU_TOLERATION_KEY = "nvidia.com/gpu"  # the operator adds this toleration itself to GPU builds
 DOCS = "docs/controller.md#tenancy"
 

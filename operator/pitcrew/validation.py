@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pitcrew import gpus
+from pitcrew.api import gpus
 from pitcrew.api.v1alpha1 import Backend, EngineBuildSpec, SecretReference
 from pitcrew.settings import Settings
 

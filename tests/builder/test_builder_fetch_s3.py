@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from builder_run import parse_events
 
-from pitcrew.cachekey import ListedObject, listing_digest
+from pitcrew.api.listing import ListedObject, listing_digest
 from pitcrew_builder.crt import CrtTransfer
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.s3 import TransferSettings

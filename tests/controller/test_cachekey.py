@@ -1,5 +1,5 @@
 from pitcrew import cachekey
-from pitcrew.cachekey import ListedObject
+from pitcrew.api.listing import ListedObject, listing_digest
 
 from .helpers import spec
 
@@ -65,14 +65,12 @@ def test_listing_digest_is_order_independent_and_content_sensitive() -> None:
         ListedObject("llama/config.json", 10, '"e1"'),
         ListedObject("llama/model.safetensors", 99, '"e2"'),
     ]
-    d = cachekey.listing_digest(objs, "llama/")
-    assert d == cachekey.listing_digest(list(reversed(objs)), "llama")
-    assert d != cachekey.listing_digest(
-        [objs[0], ListedObject("llama/model.safetensors", 99, '"e3"')], "llama/"
-    )
+    d = listing_digest(objs, "llama/")
+    assert d == listing_digest(list(reversed(objs)), "llama")
+    assert d != listing_digest([objs[0], ListedObject("llama/model.safetensors", 99, '"e3"')], "llama/")
     # The same files under another prefix have the same identity (a copied checkpoint).
     moved = [ListedObject(o.key.replace("llama/", "copy/"), o.size, o.etag) for o in objs]
-    assert d == cachekey.listing_digest(moved, "copy/")
+    assert d == listing_digest(moved, "copy/")
 
 
 def test_normalize_uri() -> None:
@@ -93,3 +91,27 @@ def test_calibration_enters_the_key_only_when_scales_are_measured() -> None:
     assert key(**calib) == key()  # no fp8/int8 KV: calibration is not read
     assert key(**{"quantization.weights": "fp8", **calib}) != key(**{"quantization.weights": "fp8"})
     assert key(**{"quantization.kvCache": "int8", **calib}) != key(**{"quantization.kvCache": "int8"})
+
+
+def test_listing_digest_is_stable_across_releases() -> None:
+    """The builder compares its own listing's digest with the key's: the value must never drift
+    (this is the digest the function gave before it moved to pitcrew.api.listing)."""
+    objs = [ListedObject("m/config.json", 10, '"e1"'), ListedObject("m/é.safetensors", 99, '"e2"')]
+    assert listing_digest(objs, "m/") == (
+        "listing:sha256:0149cdbcf01b265344181a2e832c579bd542e0d45374f26bf9e4fab7fafb724c"
+    )
+
+
+def test_the_builder_imports_only_the_api_from_the_controller_package() -> None:
+    """Contracts shared with the builder live in pitcrew.api; the builder image need not carry the
+    controller (kopf, its clients) and cannot depend on its internals."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "builder_image" / "pitcrew_builder"
+    bad = []
+    for path in root.rglob("*.py"):
+        for m in re.finditer(r"^\s*(?:from|import)\s+(pitcrew(?:\.\w+)*)\b", path.read_text(), re.M):
+            if m.group(1) != "pitcrew.api" and not m.group(1).startswith("pitcrew.api."):
+                bad.append(f"{path.name}: {m.group(1)}")
+    assert not bad, bad

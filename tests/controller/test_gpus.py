@@ -1,6 +1,6 @@
 import pytest
 
-from pitcrew import gpus
+from pitcrew.api import gpus
 from pitcrew.api.v1alpha1 import Backend
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from pitcrew import conditions, jobs, reconcile, slots, statuses
 from pitcrew.api.v1alpha1 import Phase
-from pitcrew.runtime import Runtime, job_active
+from pitcrew.jobview import holds_slot as job_active
+from pitcrew.runtime import Runtime
 from pitcrew.settings import Settings
 
 OLD, NEW, RTX = "reg/builder:1", "reg/builder:2", "reg/builder-rtx:1"

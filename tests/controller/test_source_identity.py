@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pitcrew import cachekey, jobs, plans, reconcile
-from pitcrew.cachekey import ListedObject
+from pitcrew.api.listing import ListedObject
 from pitcrew.runtime import Runtime
 from pitcrew.settings import Settings
 from pitcrew.storage import Credentials

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pitcrew.api.gpus import supports_fp8
 from pitcrew.api.plan import BuildPlan
 from pitcrew.api.sizing import sizes_for
 from pitcrew.api.v1alpha1 import BuildOptions
-from pitcrew.gpus import supports_fp8
 from pitcrew_builder.backends.base import CompileContext, CompileResult
 from pitcrew_builder.errors import BuildFailed, InvalidSpec
 from pitcrew_builder.logging import log_event

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pitcrew.cachekey import ListedObject, listing_digest
+from pitcrew.api.listing import ListedObject, listing_digest
 from pitcrew_builder.crt import describe_crt, open_direct, status_of
 from pitcrew_builder.errors import SourceUnavailable
 from pitcrew_builder.hashing import b64_to_hex, md5_file, sha256_file

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pitcrew.api import sizing
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import (
     ApiModel,
     Backend,
@@ -162,8 +163,8 @@ class ProgressReport(ApiModel):
 
 # Failure reasons the builder reports in BuildResult.reason (the controller adds OOMKilled,
 # ImagePullError, DeadlineExceeded and Unschedulable from the Job and Pod state).
-REASON_INVALID_CHECKPOINT = "InvalidCheckpoint"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_SOURCE_UNAVAILABLE = "SourceUnavailable"
-REASON_BUILD_ERROR = "BuildError"
-REASON_PUBLISH_ERROR = "PublishError"
+REASON_INVALID_CHECKPOINT = Reason.INVALID_CHECKPOINT
+REASON_INVALID_SPEC = Reason.INVALID_SPEC
+REASON_SOURCE_UNAVAILABLE = Reason.SOURCE_UNAVAILABLE
+REASON_BUILD_ERROR = Reason.BUILD_ERROR
+REASON_PUBLISH_ERROR = Reason.PUBLISH_ERROR
