@@ -18,7 +18,19 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitcrew import events, jobs, jobstatus, jobview, metrics, plans, sharing, slots, statuses, tenancy
+from pitcrew import (
+    conditions,
+    events,
+    jobs,
+    jobstatus,
+    jobview,
+    metrics,
+    plans,
+    sharing,
+    slots,
+    statuses,
+    tenancy,
+)
 from pitcrew.api.listing import listing_digest
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
 from pitcrew.api.reasons import Reason
@@ -261,6 +273,10 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         # Before any S3 call or Job: the operator does not act for a tenant outside its grants.
         _fail(body, patch, tenancy.REASON, "; ".join(str(p) for p in refused))
         return
+    too_big = slots.never_fits(resolved.gpu_count, slots.Limits.of(RT.settings))
+    if too_big:
+        _fail(body, patch, tenancy.REASON, too_big)  # it would wait for a slot forever
+        return
 
     retry = RT.settings.retry_seconds
     try:
@@ -361,7 +377,13 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     )
     job_name = job["metadata"]["name"]
     created = str(meta.get("creationTimestamp") or "")
-    entry = slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid)
+    # A builder upgrade (starting now, or queued before: its Reconciling reason says so) waits
+    # behind new builds and spec changes.
+    rebuild = upgrade is not None or (marker is None and conditions.upgrading(status.get("conditions")))
+    entry = slots.QueueEntry(
+        created=created, namespace=ns, name=name, uid=uid, gpus=resolved.gpu_count,
+        work=slots.UPGRADE if rebuild else slots.NEW,
+    )  # fmt: skip
     engine = job["metadata"]["annotations"][sharing.ANN_ENGINE]
     # One Job per engine: looking for another build's Job and creating ours is one step per engine.
     async with RT.lock("engine:" + engine):
@@ -369,7 +391,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         if builder is None:
             _stop_waiting(uid, engine)
             try:
-                slot = await start_job(body, entry, job, key)
+                waiting = await start_job(body, entry, job, key)
             except ForeignJob as e:
                 _fail(body, patch, REASON_FOREIGN_JOB, str(e))
                 raise kopf.TemporaryError(str(e), delay=retry) from e
@@ -392,10 +414,9 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
             "waiting for a shared build", extra={"eb": f"{ns}/{name}", "job": builder["metadata"]["name"]}
         )
         return
-    if slot is not None:
-        # Over PITCREW_MAX_ACTIVE_BUILDS: queued; the poller (or a finishing Job) starts it later.
-        active, ahead = slot
-        message = slots.waiting_message(active, RT.settings.max_active_builds, ahead)
+    if waiting is not None:
+        # Over a build-slot cap: queued; the poller (or a finishing Job) starts it later.
+        message = waiting
         if upgrade is not None:
             message += f" (builder upgrade {upgrade.old_image} -> {upgrade.new_image})"
         update = statuses.compose(
@@ -409,7 +430,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
             patch.status.update(update)
             metrics.TRANSITIONS.labels(Phase.QUEUED.value, slots.REASON_WAITING).inc()
             _post(body, "Normal", slots.REASON_WAITING, message)
-        log.info("queued", extra={"eb": f"{ns}/{name}", "active": active, "ahead": ahead})
+        log.info("queued", extra={"eb": f"{ns}/{name}", "why": message})
         return
     if upgrade is not None:
         # The one extra write of an upgrade: why it rebuilds, visible before the Job reports.
@@ -551,22 +572,21 @@ async def resync_jobs() -> int:
     return len(gone)
 
 
-async def start_job(
-    body: Mapping[str, Any], entry: slots.QueueEntry, job: Obj, key: str
-) -> tuple[int, int] | None:
-    """Creates the builder Job if a build slot is free; else queues the build: (active, ahead)."""
-    cap = RT.settings.max_active_builds
+async def start_job(body: Mapping[str, Any], entry: slots.QueueEntry, job: Obj, key: str) -> str | None:
+    """Creates the builder Job if a build slot is free; else queues the build: why it waits."""
+    limits = slots.Limits.of(RT.settings)
     ns, job_name = entry.namespace, job["metadata"]["name"]
-    if cap > 0:
+    if limits.any():
         await prime_jobs()
-    async with RT.admission_lock if cap > 0 else contextlib.nullcontext():
-        if cap > 0:
+    async with RT.admission_lock if limits.any() else contextlib.nullcontext():
+        if limits.any():
             skip = slots.backing_off(RT.admit_backoff, time.monotonic())
-            active, ahead = RT.active_jobs(), slots.ahead_of(entry, RT.queue.values(), skip)
-            if not slots.admit(active, cap, ahead):
+            held = RT.held()
+            decision = slots.decide(entry, held, RT.queue.values(), limits, skip)
+            if not decision.admit:
                 RT.queue[entry.uid] = entry
                 metrics.STATE.queued_builds = len(RT.queue)
-                return active, ahead
+                return slots.waiting_message(decision, entry, held, limits)
         _dequeue(entry.uid)
         try:
             created = await RT.kube.create(jobs_path(ns), job)
@@ -593,7 +613,7 @@ class ForeignJob(Exception):
     pass
 
 
-async def run(uid: str, ns: str, name: str, cause: str) -> None:
+async def run(uid: str, ns: str, name: str, cause: str, entry: slots.QueueEntry | None = None) -> None:
     """reconcile() outside a kopf handler (poller: queued builds, upgrades): applies its status patch."""
     body = await RT.kube.get(eb_path(ns, name))
     if not body or body["metadata"].get("uid") != uid or body["metadata"].get("deletionTimestamp"):
@@ -607,22 +627,25 @@ async def run(uid: str, ns: str, name: str, cause: str) -> None:
         if cause == "upgrade":
             RT.upgrades_tried.pop(uid, None)
         elif cause == "admit":
-            _requeue_later(uid, ns, name, str(body["metadata"].get("creationTimestamp") or ""))
+            created = str(body["metadata"].get("creationTimestamp") or "")
+            _requeue_later(entry or slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
     finally:
         if patch.get("status"):
             await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch["status"]})
 
 
-def _requeue_later(uid: str, ns: str, name: str, created: str) -> None:
+def _requeue_later(entry: slots.QueueEntry) -> None:
     """Back in line (its place is by age) after a failed admission; tried again after
     PITCREW_RETRY_SECONDS, and meanwhile not counted ahead of anyone."""
-    RT.queue.setdefault(uid, slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
-    RT.admit_backoff[uid] = time.monotonic() + RT.settings.retry_seconds
+    RT.queue.setdefault(entry.uid, entry)
+    RT.admit_backoff[entry.uid] = time.monotonic() + RT.settings.retry_seconds
     metrics.STATE.queued_builds = len(RT.queue)
 
 
 async def admit_queued() -> None:
-    """Starts queued builds in slots.order (round-robin across namespaces) while slots are free.
+    """Starts queued builds while slots are free, in slots.order (new work before upgrades,
+    round-robin across namespaces), recomputed before every start: builds queued meanwhile take
+    their place at once.
 
     A build whose admission fails (S3 or API trouble) goes back in line with a retry time and the
     next one is tried: one failing build does not stop admissions for everyone.
@@ -630,23 +653,26 @@ async def admit_queued() -> None:
     if not RT.queue:
         return
     async with RT.admitting:
-        cap = RT.settings.max_active_builds
+        limits = slots.Limits.of(RT.settings)
         await prime_jobs()
-        for entry in slots.serve_order(RT.queue.values(), RT.admit_backoff, time.monotonic()):
-            if entry.uid not in RT.queue:
-                continue  # gone meanwhile (deleted, or started by its own handler)
-            if not slots.admit(RT.active_jobs(), cap):
+        tried: set[str] = set()
+        while True:
+            queue = [e for e in RT.queue.values() if e.uid not in tried]
+            ready = slots.startable(RT.held(), queue, limits, RT.admit_backoff, time.monotonic())
+            if not ready:
                 break
+            entry = ready[0]
+            tried.add(entry.uid)
             _dequeue(entry.uid)
             try:
-                await run(entry.uid, entry.namespace, entry.name, "admit")
+                await run(entry.uid, entry.namespace, entry.name, "admit", entry)
             except Exception as e:
                 metrics.ERRORS.labels("admit").inc()
                 log.warning(
                     "admission failed",
                     extra={"eb": f"{entry.namespace}/{entry.name}", "error": repr(e)[:300]},
                 )
-                _requeue_later(entry.uid, entry.namespace, entry.name, entry.created)
+                _requeue_later(entry)
                 continue
             if entry.uid in RT.queue and entry.uid not in RT.admit_backoff:
                 break  # it went back because the slot was taken meanwhile

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pitcrew import jobview
+from pitcrew.jobs import GPU_RESOURCE
 from pitcrew.kube import Kube
 from pitcrew.settings import Settings, SettingsError
-from pitcrew.slots import QueueEntry
+from pitcrew.slots import QueueEntry, Usage
 from pitcrew.storage import Storage
 
 log = logging.getLogger("pitcrew")
@@ -25,6 +26,7 @@ Obj = dict[str, Any]
 
 def trim_job(body: Any) -> Obj:
     meta = body.get("metadata", {})
+    container = (body.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[0]
     return {
         "metadata": {
             k: meta.get(k)
@@ -41,9 +43,8 @@ def trim_job(body: Any) -> Obj:
         "spec": {
             "activeDeadlineSeconds": body.get("spec", {}).get("activeDeadlineSeconds"),
             "backoffLimit": body.get("spec", {}).get("backoffLimit"),
-            "image": (body.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[
-                0
-            ].get("image"),
+            "image": container.get("image"),
+            "gpus": job_gpus(container),
         },
         "status": dict(body.get("status") or {}),
     }
@@ -61,6 +62,16 @@ def trim_pod(body: Any) -> Obj:
             if k in status
         },
     }
+
+
+def job_gpus(container: Any) -> int:
+    """The GPUs a builder container holds (its nvidia.com/gpu limit; the operator sets requests
+    equal to it)."""
+    value = ((container.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE) or 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _settings_or_default() -> Settings:
@@ -130,6 +141,15 @@ class Runtime:
 
     def active_jobs(self) -> int:
         return sum(1 for by_name in self.jobs.values() for job in by_name.values() if jobview.holds_slot(job))
+
+    def held(self) -> Usage:
+        """What the active builder Jobs hold, for the build-slot decisions (pitcrew.slots)."""
+        return Usage.of(
+            (str(job["metadata"].get("namespace") or ""), int((job.get("spec") or {}).get("gpus") or 0))
+            for by_name in self.jobs.values()
+            for job in by_name.values()
+            if jobview.holds_slot(job)
+        )
 
     def forget(self, uid: str) -> None:
         self.in_flight.pop(uid, None)

@@ -60,6 +60,22 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "Cap on builder Jobs running at once, cluster-wide (creates, spec changes and builder upgrades "
         "alike); builds over it wait as Queued/WaitingForBuildSlot. 0: no cap.",
     ),
+    EnvVar(
+        "PITCREW_MAX_ACTIVE_GPUS",
+        "0",
+        "Cap on the GPUs of builder Jobs running at once, cluster-wide (a build's GPUs: gpuCount, else "
+        "tensor x pipeline parallelism). 0: no cap.",
+    ),
+    EnvVar(
+        "PITCREW_MAX_ACTIVE_BUILDS_PER_NAMESPACE",
+        "0",
+        "Cap on builder Jobs running at once in any one namespace. 0: no cap.",
+    ),
+    EnvVar(
+        "PITCREW_MAX_ACTIVE_GPUS_PER_NAMESPACE",
+        "0",
+        "Cap on the GPUs of builder Jobs running at once in any one namespace. 0: no cap.",
+    ),
     EnvVar("PITCREW_RETRY_SECONDS", "30", "Delay before retrying a transient error (S3 or API)."),
     EnvVar("PITCREW_METRICS_PORT", "8080", "Port of the Prometheus /metrics endpoint; 0 disables it."),
     EnvVar("PITCREW_HEALTH_PORT", "8081", "Port of kopf's liveness endpoint /healthz; 0 disables it."),
@@ -100,6 +116,9 @@ class Settings:
     poll_seconds: float = 10.0
     retry_seconds: float = 30.0
     max_active_builds: int = 8
+    max_active_gpus: int = 0
+    max_active_builds_per_namespace: int = 0
+    max_active_gpus_per_namespace: int = 0
     metrics_port: int = 8080
     health_port: int = 8081
     run_as_user: int = 1000
@@ -152,6 +171,9 @@ class Settings:
             poll_seconds=_float(raw, "PITCREW_POLL_SECONDS", minimum=0.1),
             retry_seconds=_float(raw, "PITCREW_RETRY_SECONDS", minimum=0.1),
             max_active_builds=_int(raw, "PITCREW_MAX_ACTIVE_BUILDS", minimum=0),
+            max_active_gpus=_int(raw, "PITCREW_MAX_ACTIVE_GPUS", minimum=0),
+            max_active_builds_per_namespace=_int(raw, "PITCREW_MAX_ACTIVE_BUILDS_PER_NAMESPACE", minimum=0),
+            max_active_gpus_per_namespace=_int(raw, "PITCREW_MAX_ACTIVE_GPUS_PER_NAMESPACE", minimum=0),
             metrics_port=_int(raw, "PITCREW_METRICS_PORT", minimum=0, maximum=65535),
             health_port=_int(raw, "PITCREW_HEALTH_PORT", minimum=0, maximum=65535),
             run_as_user=_int(raw, "PITCREW_RUN_AS_USER", minimum=1),

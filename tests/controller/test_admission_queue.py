@@ -8,6 +8,7 @@ for the oldest build and starts a Job through the real start_job for the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -97,6 +98,38 @@ def test_a_build_backing_off_is_not_counted_ahead(rt: Runtime) -> None:
 def test_retry_time_passed_means_tried_again() -> None:
     a = slots.QueueEntry("2026-01-01T10:00:00Z", "a", "x", "x")
     b = slots.QueueEntry("2026-01-01T10:00:01Z", "a", "y", "y")
-    assert slots.serve_order([b, a], {"x": 100.0}, now=50.0) == [b]
-    assert slots.serve_order([b, a], {"x": 100.0}, now=150.0) == [a, b]
-    assert slots.ahead_of(b, [a, b], skip={"x"}) == 0 and slots.ahead_of(b, [a, b]) == 1
+    none, one = slots.Usage(), slots.Limits(builds=1)
+    assert slots.startable(none, [b, a], one, {"x": 100.0}, now=50.0) == [b]
+    assert slots.startable(none, [b, a], one, {"x": 100.0}, now=150.0) == [a]
+    assert slots.decide(b, none, [a, b], one, skip={"x"}).ahead == 0
+    assert slots.decide(b, none, [a, b], one).ahead == 1
+
+
+def test_the_order_is_computed_again_before_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new build queued while admissions run goes before the builder upgrades still waiting."""
+    runtime = Runtime(settings=Settings.from_env({"PITCREW_MAX_ACTIVE_BUILDS": "2"}))
+    kube = FakeKube(["up1", "up2", "up3", "fresh"])
+    runtime.kube = kube  # type: ignore[assignment]
+    runtime.jobs_primed = True
+    monkeypatch.setattr(reconcile, "RT", runtime)
+    entries = {
+        n: dataclasses.replace(_entry(b), work=slots.NEW if n == "fresh" else slots.UPGRADE)
+        for n, b in kube.bodies.items()
+    }
+
+    async def fake_reconcile(body: dict[str, Any], patch: Any, cause: str) -> None:
+        name = body["metadata"]["name"]
+        if name == "up1":
+            # While the first upgrade starts, a new EngineBuild arrives and queues (no slot free
+            # for it at that moment: the admission holds the slot up1 is about to take).
+            runtime.queue["fresh"] = entries["fresh"]
+        job = {"metadata": {"name": name + "-job"}, "spec": {}}
+        await reconcile.start_job(body, entries[name], job, "k" * 64)
+
+    monkeypatch.setattr(reconcile, "reconcile", fake_reconcile)
+    for n in ("up1", "up2", "up3"):
+        runtime.queue[n] = entries[n]
+    asyncio.run(reconcile.admit_queued())
+    # Two slots: up1 (oldest upgrade), then the new build, not up2 (an order sorted once would).
+    assert kube.created == ["up1-job", "fresh-job"]
+    assert set(runtime.queue) == {"up2", "up3"}

@@ -32,7 +32,15 @@ def test_parses_values() -> None:
             "PITCREW_RTX_BUILDER_IMAGE": "reg/x@sha256:" + "0" * 64,
             "PITCREW_POLL_SECONDS": "2.5",
             "PITCREW_JOB_TTL_SECONDS": "0",
+            "PITCREW_MAX_ACTIVE_GPUS": "16",
+            "PITCREW_MAX_ACTIVE_BUILDS_PER_NAMESPACE": "2",
+            "PITCREW_MAX_ACTIVE_GPUS_PER_NAMESPACE": "4",
         }
+    )
+    assert (s.max_active_gpus, s.max_active_builds_per_namespace, s.max_active_gpus_per_namespace) == (
+        16,
+        2,
+        4,
     )
     assert s.namespaces == ("a", "b", "team-*")
     assert s.s3_endpoint == "http://127.0.0.1:9000"
@@ -47,6 +55,8 @@ def test_parses_values() -> None:
         ("PITCREW_POLL_SECONDS", "soon", "give a number"),
         ("PITCREW_METRICS_PORT", "70000", "between 0 and 65535"),
         ("PITCREW_JOB_TTL_SECONDS", "-1", "at least 0"),
+        ("PITCREW_MAX_ACTIVE_GPUS", "-2", "at least 0"),
+        ("PITCREW_MAX_ACTIVE_GPUS_PER_NAMESPACE", "eight", "whole number"),
         ("PITCREW_S3_ENDPOINT", "minio:9000", "http://"),
         ("PITCREW_IMAGE_PULL_POLICY", "Sometimes", "IfNotPresent"),
         ("PITCREW_BUILDER_IMAGE", "has space", "image reference"),
