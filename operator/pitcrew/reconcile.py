@@ -386,7 +386,7 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
     )  # fmt: skip
     engine = job["metadata"]["annotations"][sharing.ANN_ENGINE]
     # One Job per engine: looking for another build's Job and creating ours is one step per engine.
-    async with RT.lock("engine:" + engine):
+    async with RT.engine_lock(engine):
         builder = sharing.shared_builder(RT.jobs, uid, engine)
         if builder is None:
             _stop_waiting(uid, engine)

@@ -7,8 +7,9 @@ to the fields the status mapping needs so that memory stays small.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,29 @@ def job_gpus(container: Any) -> int:
         return 0
 
 
+class KeyedLocks:
+    """One asyncio.Lock per key, kept only while someone holds or waits for it: keys such as an
+    engine's identity are unbounded over an operator's life, so a dict of locks must not grow."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders + waiters)
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self.held.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self.held[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.held[key]
+            if users <= 1:
+                del self.held[key]
+            else:
+                self.held[key] = (lock, users - 1)
+
+
 def _settings_or_default() -> Settings:
     try:
         return Settings.from_env()
@@ -89,6 +113,9 @@ class Runtime:
     jobs: dict[str, dict[str, Obj]] = field(default_factory=dict)  # EngineBuild uid -> Job name -> Job
     pods: dict[str, dict[str, Obj]] = field(default_factory=dict)  # EngineBuild uid -> Pod name -> Pod
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # One Job per engine (pitcrew.sharing): the look for another build's Job and our create are one
+    # step per engine identity; pruned as soon as nobody holds or waits for it.
+    engine_lock: KeyedLocks = field(default_factory=KeyedLocks)
     pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # EngineBuilds not final yet (uid -> namespace, name): the poller's work list. One loop for all,
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from pitcrew import jobs, plans, sharing
+from pitcrew.runtime import KeyedLocks
 from pitcrew.settings import Settings
 from pitcrew.validation import validate
 
@@ -73,3 +75,36 @@ def test_rendered_jobs_carry_their_engine() -> None:
     assert job["metadata"]["annotations"][sharing.ANN_ENGINE] == sharing.engine_ident(
         "s3://engines/out", EP, "ns", planned.key
     )
+
+
+def test_engine_locks_exclude_and_are_pruned_when_nobody_needs_them() -> None:
+    """RT.engine_lock: one step per engine, and no lock left behind per engine ever built."""
+    locks = KeyedLocks()
+    inside: list[str] = []
+    order: list[str] = []
+
+    async def step(engine: str, who: str) -> None:
+        async with locks(engine):
+            inside.append(who)
+            assert len([w for w in inside if w.startswith(engine)]) == 1  # alone for this engine
+            await asyncio.sleep(0.01)
+            order.append(who)
+            inside.remove(who)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(step(f"e{i % 3}", f"e{i % 3}-{i}") for i in range(12)))
+        assert locks.held == {}
+        # A waiter keeps the lock (and its place) until it is done.
+        async with locks("x"):
+            waiter = asyncio.create_task(step("x", "x-late"))
+            await asyncio.sleep(0.01)
+            assert locks.held["x"][1] == 2
+        await waiter
+        assert locks.held == {}
+        for i in range(1000):  # engines of 1000 finished builds: nothing kept
+            async with locks(f"engine-{i}"):
+                pass
+        assert locks.held == {}
+
+    asyncio.run(scenario())
+    assert len(order) == 13
