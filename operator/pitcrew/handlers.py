@@ -201,6 +201,10 @@ async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
         RT.forget(uid)
     else:
         metrics.STATE.set_phase(uid, (body.get("status") or {}).get("phase"))
+        meta = body["metadata"]
+        RT.note_engines(
+            uid, meta["namespace"], meta["name"], sharing.engines_in_use(body, RT.settings.s3_endpoint)
+        )
         if _in_flight(body):
             RT.in_flight[uid] = (body["metadata"]["namespace"], body["metadata"]["name"])
         else:

@@ -814,6 +814,13 @@ async def sync(uid: str, ns: str, name: str) -> None:
                 message = f"{message}: {progress['stage']} {progress['percent']}%"
         if phase in (Phase.SUCCEEDED, Phase.FAILED):
             fields["completionTime"] = _rfc3339(verdict.finished_at) or statuses.now_rfc3339(now)
+        if phase == Phase.SUCCEEDED and spec.output.uri.startswith("s3://"):
+            # Tracked for deletionPolicy Delete: an engine stays this object's after a spec change.
+            fields["publishedEngines"] = sharing.remember_published(
+                status.get("publishedEngines"),
+                plans.engine_uri(spec.output.uri, key),
+                spec.output.endpoint or RT.settings.s3_endpoint,
+            )
         if verdict.stop_job:
             await RT.kube.delete(jobs_path(ns, job_name), propagation="Background")
         patch = statuses.compose(
@@ -970,12 +977,27 @@ def _observe_duration(spec: EngineBuildSpec, phase: Phase, fields: Mapping[str, 
 # -- deletion ---------------------------------------------------------------------------------------
 
 
+async def prime_builds() -> None:
+    """Merges one LIST of the watched EngineBuilds into the engine-users index, once per process:
+    after a restart a deletion may run before the watch has replayed every object."""
+    if RT.builds_primed:
+        return
+    async with RT.prime_lock:
+        if RT.builds_primed:
+            return
+        for item in await _list_watched_builds():
+            meta = item["metadata"]
+            if meta["uid"] not in RT.engines_of:
+                engines = sharing.engines_in_use(item, RT.settings.s3_endpoint)
+                RT.note_engines(meta["uid"], meta["namespace"], meta["name"], engines)
+        RT.builds_primed = True
+
+
 async def delete_artifacts(body: Mapping[str, Any]) -> None:
-    """deletionPolicy Delete: stop the builder, then remove <output>/<cacheKey>/ unless shared."""
+    """deletionPolicy Delete: stop the builder, then remove every engine this object published or
+    points at (sharing.engines_to_clean) that no other EngineBuild uses."""
     meta = body["metadata"]
     ns, uid = meta["namespace"], meta["uid"]
-    status = body.get("status") or {}
-    key = status.get("cacheKey")
     spec = EngineBuildSpec.model_validate(body["spec"])
     remaining = []
     for job in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}"):
@@ -985,42 +1007,43 @@ async def delete_artifacts(body: Mapping[str, Any]) -> None:
         await RT.kube.delete(jobs_path(ns, job["metadata"]["name"]), propagation="Foreground")
         if await RT.kube.get(jobs_path(ns, job["metadata"]["name"])) is not None:
             remaining.append(job["metadata"]["name"])
-    if not key or not spec.output.uri.startswith("s3://"):
+    targets = sharing.engines_to_clean(body, RT.settings.s3_endpoint)
+    if not targets:
         return
     if remaining:
         raise kopf.TemporaryError(
             f"waiting for builder Job {remaining[0]} to be gone before deleting the engine",
             delay=min(RT.settings.retry_seconds, 5.0),
         )
-    default = RT.settings.s3_endpoint
-    mine = sharing.engine_ident(spec.output.uri, spec.output.endpoint or default, ns, key)
-    for other in await _list_watched_builds():
-        out = other.get("spec", {}).get("output", {})
-        if (
-            other["metadata"]["uid"] != uid
-            and not other["metadata"].get("deletionTimestamp")
-            and (other.get("status") or {}).get("cacheKey") == key
-            and sharing.engine_ident(
-                out.get("uri", ""), out.get("endpoint") or default, other["metadata"]["namespace"], key
-            )
-            == mine
-        ):
+    await prime_builds()  # once per process; afterwards the watch keeps the index current
+    secrets: dict[str, Obj | None] | None = None
+    for uri, endpoint in targets:
+        label = uri.rstrip("/").rsplit("/", 1)[-1][:12]
+        users = {u: who for u, who in RT.engine_users.get(sharing.engine_at(uri, endpoint, ns), {}).items()}
+        users.pop(uid, None)
+        if users:
             # Another namespace's object is not named (tenants do not learn of each other).
-            who = other["metadata"]["name"] if other["metadata"]["namespace"] == ns else "another namespace"
-            _post(body, "Normal", Reason.ARTIFACTS_KEPT, f"engine {key[:12]} is still used by {who}")
-            return
-    secrets = await read_secrets(ns, spec)
-    try:
-        count = await RT.store().delete_prefix(
-            spec.output.endpoint or RT.settings.s3_endpoint,
-            credentials(secrets, spec, ns, "output"),
-            plans.engine_uri(spec.output.uri, key),
+            names = sorted(name for other_ns, name in users.values() if other_ns == ns)
+            who = names[0] if names else "another namespace"
+            _post(body, "Normal", Reason.ARTIFACTS_KEPT, f"engine {label} is still used by {who}")
+            continue
+        if secrets is None:
+            secrets = await read_secrets(ns, spec)
+        # The identity is checked against the engine's own location (it may be an earlier output).
+        there = spec.model_copy(
+            update={"output": spec.output.model_copy(update={"uri": uri, "endpoint": endpoint or None})}
         )
-    except StorageError as e:
-        if not e.transient:
-            # Not permitted (no Secret, prefix not granted) or refused: keep the engine and let the
-            # object go; deleting with the operator's own identity is exactly what must not happen.
-            _post(body, "Warning", Reason.ARTIFACTS_KEPT, f"engine {key[:12]} not deleted: {e}")
-            return
-        raise kopf.TemporaryError(f"cannot delete the engine: {e}", delay=RT.settings.retry_seconds) from e
-    log.info("deleted artifacts", extra={"eb": f"{ns}/{meta['name']}", "objects": count})
+        try:
+            count = await RT.store().delete_prefix(
+                endpoint or None, credentials(secrets, there, ns, "output"), uri
+            )
+        except StorageError as e:
+            if not e.transient:
+                # Not permitted (no Secret, prefix not granted) or refused: keep the engine and let
+                # the object go; deleting with the operator's own identity is what must not happen.
+                _post(body, "Warning", Reason.ARTIFACTS_KEPT, f"engine {label} not deleted: {e}")
+                continue
+            raise kopf.TemporaryError(
+                f"cannot delete the engine: {e}", delay=RT.settings.retry_seconds
+            ) from e
+        log.info("deleted artifacts", extra={"eb": f"{ns}/{meta['name']}", "engine": uri, "objects": count})

@@ -150,6 +150,25 @@ class Runtime:
     # engine ident -> EngineBuild uid -> (namespace, name). Woken when that Job finishes or goes.
     waiters: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
+    # Which EngineBuilds point at which engine (pitcrew.sharing.engines_in_use), from their watch
+    # events: engine ident -> uid -> (namespace, name). Deletion asks it whether anyone else still
+    # uses an engine, instead of listing every EngineBuild. Complete once one LIST was merged in.
+    engine_users: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    engines_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    builds_primed: bool = False
+
+    def note_engines(self, uid: str, namespace: str, name: str, engines: frozenset[str]) -> None:
+        old = self.engines_of.pop(uid, frozenset())
+        for engine in old - engines:
+            users = self.engine_users.get(engine, {})
+            users.pop(uid, None)
+            if not users:
+                self.engine_users.pop(engine, None)
+        for engine in engines:
+            self.engine_users.setdefault(engine, {})[uid] = (namespace, name)
+        if engines:
+            self.engines_of[uid] = engines
+
     def store(self) -> Storage:
         if self.storage is None:
             self.storage = Storage(self.settings.s3_endpoint, self.settings.s3_region)
@@ -179,6 +198,7 @@ class Runtime:
         )
 
     def forget(self, uid: str) -> None:
+        self.note_engines(uid, "", "", frozenset())
         self.in_flight.pop(uid, None)
         self.queue.pop(uid, None)
         self.admit_backoff.pop(uid, None)

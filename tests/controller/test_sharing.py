@@ -108,3 +108,36 @@ def test_engine_locks_exclude_and_are_pruned_when_nobody_needs_them() -> None:
 
     asyncio.run(scenario())
     assert len(order) == 13
+
+
+def test_published_engines_are_remembered_newest_last_and_bounded() -> None:
+    out = sharing.remember_published(None, "s3://b/o/k1/", EP)
+    assert out == [{"uri": "s3://b/o/k1/", "endpoint": EP}]
+    out = sharing.remember_published(out, "s3://b/o/k2/", None)
+    out = sharing.remember_published(out, "s3://b/o/k1/", EP)  # rebuilt: moves to the end, once
+    assert [e["uri"] for e in out] == ["s3://b/o/k2/", "s3://b/o/k1/"] and out[0]["endpoint"] == ""
+    many: list[dict[str, Any]] = []
+    for i in range(40):
+        many = sharing.remember_published(many, f"s3://b/o/k{i}/", EP)
+    assert len(many) == 16 and many[-1]["uri"] == "s3://b/o/k39/" and many[0]["uri"] == "s3://b/o/k24/"
+
+
+def test_engines_to_clean_and_in_use() -> None:
+    body = {
+        "metadata": {"namespace": "ns1"},
+        "spec": {"output": {"uri": "s3://B/o/"}},
+        "status": {
+            "cacheKey": KEY,
+            "engine": {"uri": "s3://b/o/old/"},
+            "publishedEngines": [{"uri": "s3://b/o/old/", "endpoint": ""}, {"uri": f"s3://b/o/{KEY}/"}],
+        },
+    }
+    assert sharing.engines_to_clean(body, EP) == [("s3://b/o/old/", EP), (f"s3://b/o/{KEY}/", EP)]
+    assert sharing.engines_in_use(body, EP) == {f"{EP} s3://b/o/{KEY}/", f"{EP} s3://b/o/old/"}
+    assert sharing.engines_in_use({**body, "metadata": {"deletionTimestamp": "t"}}, EP) == frozenset()
+    pvc = {
+        "metadata": {"namespace": "ns1"},
+        "spec": {"output": {"uri": "pvc://c/o"}},
+        "status": {"cacheKey": KEY},
+    }
+    assert sharing.engines_to_clean(pvc, EP) == []  # only the builder can reach a claim

@@ -484,6 +484,14 @@ class JobRecord(ApiModel):
     attempts: int = Field(0, description="Builder pods started (retries included).")
 
 
+MAX_PUBLISHED_ENGINES = 16  # status.publishedEngines keeps the newest this many
+
+
+class PublishedEngine(ApiModel):
+    uri: str = Field(..., description="Engine directory URI (<output>/<cacheKey>/).")
+    endpoint: str = Field("", description="S3 endpoint it was published on (empty: AWS).")
+
+
 class EngineBuildStatus(ApiModel):
     phase: Phase | None = Field(None, description="Pending, Queued, Building, Succeeded or Failed.")
     message: str | None = Field(None, description="What is happening, or why it failed.")
@@ -498,6 +506,13 @@ class EngineBuildStatus(ApiModel):
     cache_hit: bool | None = Field(None, description="True when served from a published engine.")
     builder_image: str | None = Field(None, description="Builder image the build used.")
     engine: EngineRecord | None = Field(None, description="The published engine.")
+    published_engines: list[PublishedEngine] | None = Field(
+        None,
+        max_length=MAX_PUBLISHED_ENGINES,
+        description="Engines this object's builds published, newest last (at most 16): with "
+        "deletionPolicy Delete each is removed when the object is deleted, unless another EngineBuild "
+        "uses it.",
+    )
     job: JobRecord | None = Field(None, description="The builder Job.")
     start_time: str | None = Field(None, description="When the build started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the build finished (RFC 3339).")
