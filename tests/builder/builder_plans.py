@@ -7,6 +7,12 @@ from typing import Any
 
 from pitcrew.api.plan import BuildPlan, PlanOutput, PlanSource, PlanTarget, plan_sizes
 from pitcrew.api.v1alpha1 import BuildOptions, ModelOverrides, Parallelism, Quantization
+from pitcrew_builder.backends.base import CompileContext, ProgressFn
+from pitcrew_builder.checkpoint import read_config
+
+# The TensorRT-LLM 1.2 CONTRACT DOUBLE (a stand-in: TensorRT-LLM needs a GPU), importable as
+# tensorrt_llm with this directory first on the path (the ``trtllm`` fixture, PYTHONPATH_EXTRA).
+TRTLLM_DOUBLE = Path(__file__).parent / "trtllm_contract_double"
 
 
 def make_plan(
@@ -48,3 +54,26 @@ def make_plan(
 def write_plan(plan: BuildPlan, path: Path) -> Path:
     path.write_text(plan.model_dump_json(by_alias=True))
     return path
+
+
+def trtllm_plan(*, build: dict[str, Any] | None = None, **kw: Any) -> BuildPlan:
+    """A tensorrt-llm plan for compiling directly (nothing fetched or published); ``build``
+    defaults to none given, i.e. Megatron's build_and_save_engine defaults."""
+    return make_plan(
+        source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm", build=build or {}, **kw
+    )
+
+
+def compile_context(
+    plan: BuildPlan, checkpoint: Path, tmp: Path, progress: ProgressFn | None = None
+) -> CompileContext:
+    """What the compile stage hands a backend: ``checkpoint`` in, engines to ``tmp/engine``."""
+    (tmp / "work").mkdir(exist_ok=True)
+    return CompileContext(
+        plan=plan,
+        checkpoint_dir=checkpoint,
+        checkpoint_config=read_config(checkpoint),
+        engine_dir=tmp / "engine",
+        work_dir=tmp / "work",
+        progress=progress or (lambda _m, _f: None),
+    )

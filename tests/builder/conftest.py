@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+from builder_plans import TRTLLM_DOUBLE
 
 from pitcrew_devcluster.s3server import S3Info, standalone
 
@@ -70,3 +73,18 @@ def megatron_saved(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, 
     from megatron_real import saved_checkpoints
 
     return saved_checkpoints(tmp_path_factory.mktemp("megatron-real"))
+
+
+@pytest.fixture
+def trtllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """``tensorrt_llm`` = the CONTRACT DOUBLE, its call log empty; unimported again afterwards."""
+    monkeypatch.syspath_prepend(str(TRTLLM_DOUBLE))
+    import tensorrt_llm
+
+    assert tensorrt_llm.IS_CONTRACT_DOUBLE
+    from tensorrt_llm._contract import CALLS
+
+    CALLS.clear()
+    yield tensorrt_llm
+    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
+        del sys.modules[name]

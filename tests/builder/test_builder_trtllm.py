@@ -7,49 +7,26 @@ TRTLLMEngineBuilder defaults as they reach BuildConfig and PluginConfig.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from builder_plans import make_plan, write_plan
+from builder_plans import TRTLLM_DOUBLE, compile_context, make_plan, trtllm_plan, write_plan
 from builder_run import run_builder
 
-from pitcrew_builder.backends.base import CompileContext
 from pitcrew_builder.backends.trtllm import (
     BACKEND,
     build_config_dict,
     model_class_name,
     plugin_settings,
 )
-from pitcrew_builder.checkpoint import read_config
 
-DOUBLE = Path(__file__).parent / "trtllm_contract_double"
-
-
-@pytest.fixture
-def trtllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.syspath_prepend(str(DOUBLE))
-    import tensorrt_llm
-
-    assert tensorrt_llm.IS_CONTRACT_DOUBLE
-    from tensorrt_llm._contract import CALLS
-
-    CALLS.clear()
-    yield tensorrt_llm
-    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        del sys.modules[name]
-
-
-def _megatron_plan(**kw: Any) -> Any:
-    # Megatron's build_and_save_engine defaults: input 1024, output 1024, batch 4, tokens_per_block 128.
-    return make_plan(source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm", build={}, **kw)
+# trtllm_plan() without build options: Megatron's build_and_save_engine defaults (input 1024,
+# output 1024, batch 4, tokens_per_block 128).
 
 
 def test_megatron_defaults_reach_build_config(tmp_path: Path) -> None:
-    d = build_config_dict(_megatron_plan(), "LlamaForCausalLM", tmp_path / "timing.cache")
+    d = build_config_dict(trtllm_plan(), "LlamaForCausalLM", tmp_path / "timing.cache")
     assert d["max_input_len"] == 1024 and d["max_seq_len"] == 2048
     assert d["max_batch_size"] == 4 and d["max_beam_width"] == 1
     assert d["max_num_tokens"] == 8192 and d["opt_num_tokens"] == 4
@@ -57,11 +34,11 @@ def test_megatron_defaults_reach_build_config(tmp_path: Path) -> None:
     assert d["strongly_typed"] is False and d["use_refit"] is False and d["multiple_profiles"] is False
     assert d["max_prompt_embedding_table_size"] == 0
     assert d["output_timing_cache"] == str(tmp_path / "timing.cache")
-    assert build_config_dict(_megatron_plan(), "DeciLMForCausalLM", tmp_path / "t")["strongly_typed"] is True
+    assert build_config_dict(trtllm_plan(), "DeciLMForCausalLM", tmp_path / "t")["strongly_typed"] is True
 
 
 def test_megatron_defaults_reach_plugin_config() -> None:
-    p = plugin_settings(_megatron_plan().build, "LlamaForCausalLM")
+    p = plugin_settings(trtllm_plan().build, "LlamaForCausalLM")
     assert p.paged_kv_tokens_per_block == 128
     assert p.attributes == {
         "gpt_attention_plugin": "auto",
@@ -71,10 +48,7 @@ def test_megatron_defaults_reach_plugin_config() -> None:
         "multiple_profiles": False,
         "reduce_fusion": False,
     }
-    off = make_plan(
-        source_uri="file:///m",
-        output_uri="s3://b/o",
-        backend="tensorrt-llm",
+    off = trtllm_plan(
         build={"pagedKvCache": False, "gemmPlugin": "disable"},
     )
     p = plugin_settings(off.build, "DeciLMForCausalLM")
@@ -83,18 +57,12 @@ def test_megatron_defaults_reach_plugin_config() -> None:
 
 
 def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) -> None:
-    padded = make_plan(
-        source_uri="file:///m",
-        output_uri="s3://b/o",
-        backend="tensorrt-llm",
+    padded = trtllm_plan(
         build={"removeInputPadding": False, "maxNumTokens": 99},
     )
     d = build_config_dict(padded, "LlamaForCausalLM", tmp_path / "t")
     assert d["max_num_tokens"] == 4 * 2048 and d["opt_num_tokens"] is None
-    explicit = make_plan(
-        source_uri="file:///m",
-        output_uri="s3://b/o",
-        backend="tensorrt-llm",
+    explicit = trtllm_plan(
         build={"maxNumTokens": 100, "optNumTokens": 500, "maxBatchSize": 8},
     )
     d = build_config_dict(explicit, "LlamaForCausalLM", tmp_path / "t")
@@ -105,19 +73,16 @@ def test_sizes_without_input_padding_and_with_explicit_values(tmp_path: Path) ->
 def test_check_refuses_lora_and_size_skew() -> None:
     from pitcrew_builder.errors import InvalidSpec
 
-    lora = make_plan(
-        source_uri="file:///m",
-        output_uri="s3://b/o",
-        backend="tensorrt-llm",
+    lora = trtllm_plan(
         build={"lora": {"enabled": True}},
     )
     with pytest.raises(InvalidSpec, match=r"build\.lora is not supported: TensorRT-LLM 1\.2 builds a LoRA"):
         BACKEND.check(lora)
-    skewed = _megatron_plan()
+    skewed = trtllm_plan()
     skewed.sizes.max_num_tokens = 1234  # the controller resolved something else: version skew
     with pytest.raises(InvalidSpec, match="max_num_tokens=1234"):
         BACKEND.check(skewed)
-    BACKEND.check(_megatron_plan())
+    BACKEND.check(trtllm_plan())
 
 
 def test_model_classes() -> None:
@@ -142,17 +107,9 @@ def test_compile_per_rank_through_the_double(
     from tensorrt_llm._contract import CALLS
 
     monkeypatch.chdir(tmp_path)  # a stray default timing cache would land here
-    plan = _megatron_plan(tp=2)
+    plan = trtllm_plan(tp=2)
     progress: list[float] = []
-    ctx = CompileContext(
-        plan=plan,
-        checkpoint_dir=tp2_checkpoint,
-        checkpoint_config=read_config(tp2_checkpoint),
-        engine_dir=tmp_path / "engine",
-        work_dir=tmp_path / "work",
-        progress=lambda _m, f: progress.append(f),
-    )
-    (tmp_path / "work").mkdir()
+    ctx = compile_context(plan, tp2_checkpoint, tmp_path, lambda _m, f: progress.append(f))
     result = BACKEND.compile(ctx)
 
     loads = [c for c in CALLS if c["call"] == "from_checkpoint"]
@@ -199,18 +156,8 @@ def test_compile_per_rank_through_the_double(
 
 
 def test_parallel_ranks_with_workers(trtllm: ModuleType, tp2_checkpoint: Path, tmp_path: Path) -> None:
-    plan = make_plan(
-        source_uri="file:///m", output_uri="s3://b/o", backend="tensorrt-llm", tp=2, build={"workers": 2}
-    )
-    (tmp_path / "work").mkdir()
-    ctx = CompileContext(
-        plan=plan,
-        checkpoint_dir=tp2_checkpoint,
-        checkpoint_config=read_config(tp2_checkpoint),
-        engine_dir=tmp_path / "engine",
-        work_dir=tmp_path / "work",
-        progress=lambda _m, _f: None,
-    )
+    plan = trtllm_plan(tp=2, build={"workers": 2})
+    ctx = compile_context(plan, tp2_checkpoint, tmp_path)
     jobs = BACKEND.jobs(ctx)
     assert [j.build["output_timing_cache"] for j in jobs] == [
         str(tmp_path / "work" / "timing-rank0.cache"),
@@ -236,7 +183,7 @@ def test_cli_build_with_the_double_publishes_engines(tiny_llama: Path, tmp_path:
         write_plan(plan, tmp_path / "plan.json"),
         tmp_path / "work",
         tmp_path / "term.json",
-        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(DOUBLE)},
+        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(TRTLLM_DOUBLE)},
     )
     assert run.code == 0, run.stderr[-3000:]
     manifest = json.loads((pvc / "engines/llama/trtllm-tp2/manifest.json").read_text())
@@ -327,7 +274,7 @@ def test_cli_fp8_build_through_the_double(tiny_llama: Path, tmp_path: Path) -> N
         write_plan(plan, tmp_path / "plan.json"),
         tmp_path / "work",
         tmp_path / "term.json",
-        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(DOUBLE)},
+        {"PITCREW_PVC_ROOT": str(pvc), "PYTHONPATH_EXTRA": str(TRTLLM_DOUBLE)},
     )
     assert run.code == 0, run.stderr[-3000:]
     engine_config = json.loads((pvc / "engines/llama/trtllm-fp8/config.json").read_text())

@@ -9,8 +9,6 @@ bias): each must fail exactly as TensorRT-LLM would.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -24,19 +22,7 @@ from pitcrew_builder.backends.trtllm import model_class_name
 from pitcrew_builder.convert import convert
 from pitcrew_builder.convert.quantize import CalibrationSet
 
-DOUBLE = Path(__file__).parent / "trtllm_contract_double"
 CALIB = CalibrationSet((torch.arange(24) % VOCAB, (torch.arange(24) * 7) % VOCAB), "test ids")
-
-
-@pytest.fixture
-def trtllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.syspath_prepend(str(DOUBLE))
-    import tensorrt_llm
-
-    assert tensorrt_llm.IS_CONTRACT_DOUBLE
-    yield tensorrt_llm
-    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -190,32 +176,15 @@ def test_reduce_fusion_is_built_or_refused_never_dropped(
     name: str,
     built: bool,
 ) -> None:
-    from builder_plans import make_plan
+    from builder_plans import compile_context, trtllm_plan
     from tensorrt_llm._contract import CALLS
 
-    from pitcrew_builder.backends.base import CompileContext
     from pitcrew_builder.backends.trtllm import BACKEND
-    from pitcrew_builder.checkpoint import read_config
     from pitcrew_builder.errors import InvalidSpec
 
     ckpt = tmp_path / "ckpt"
     convert(sources[name][0], "hf", ckpt, tp=2)
-    plan = make_plan(
-        source_uri="file:///m",
-        output_uri="s3://b/o",
-        backend="tensorrt-llm",
-        tp=2,
-        build={"reduceFusion": True},
-    )
-    (tmp_path / "work").mkdir()
-    ctx = CompileContext(
-        plan=plan,
-        checkpoint_dir=ckpt,
-        checkpoint_config=read_config(ckpt),
-        engine_dir=tmp_path / "engine",
-        work_dir=tmp_path / "work",
-        progress=lambda _m, _f: None,
-    )
+    ctx = compile_context(trtllm_plan(tp=2, build={"reduceFusion": True}), ckpt, tmp_path)
     if not built:
         with pytest.raises(
             InvalidSpec, match=r"reduceFusion: TensorRT-LLM 1\.2 applies it only to LlamaForCausalLM"
