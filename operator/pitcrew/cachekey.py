@@ -3,7 +3,8 @@
 Two EngineBuilds get the same key exactly when they would build the same engine: same source bytes
 (revision/ETag, or a digest of the object listing), format, model overrides, parallelism, build
 options after default resolution (so `maxSeqLen: 2048` and "unset with 1024+1024" agree),
-quantization, backend, builder image (its digest when pinned) and target compute capability.
+quantization, backend, builder image (its digest when pinned, or once seen running: pitcrew.images)
+and target compute capability.
 Output location, credentials, scheduling and `workers` do not change the engine and are left out.
 """
 

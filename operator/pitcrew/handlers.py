@@ -245,6 +245,7 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
         reconcile.wake_waiters(trimmed)
         return
     RT.remember(RT.jobs, uid, job_name, trimmed)
+    RT.note_job_image(trimmed)  # a Job run by tag@digest teaches what the tag stands for
     if finished:
         metrics.STATE.active_jobs.discard(job_uid)
         _slot_freed()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import time
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from pitcrew import (
     conditions,
     events,
+    images,
     jobs,
     jobstatus,
     jobview,
@@ -217,11 +219,11 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         if status.get("phase") not in statuses.TERMINAL:
             RT.schedule(uid, lambda: sync(uid, ns, name))
             return
-        upgrade = slots.needs_upgrade(body, RT.settings)
+        upgrade = slots.needs_upgrade(body, RT.settings, RT.image_digests)
         if upgrade is None:
             return
     elif cause == "upgrade":
-        upgrade = slots.needs_upgrade(body, RT.settings)
+        upgrade = slots.needs_upgrade(body, RT.settings, RT.image_digests)
         if upgrade is None:
             return
     if upgrade is not None:
@@ -250,6 +252,9 @@ async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
         keys[ref.name] = frozenset({ref.access_key_id_key, ref.secret_access_key_key})
     try:
         resolved = validate(spec, RT.settings, secret_keys=keys)
+        # The builder by digest when one was seen for its tag (pitcrew.images): Job and key alike.
+        image = images.resolve(resolved.builder_image, RT.image_digests)
+        resolved = dataclasses.replace(resolved, builder_image=image)
     except InvalidSpec as e:
         _fail(body, patch, REASON_INVALID_SPEC, str(e))
         return  # nothing to retry: the next spec change runs the update handler
@@ -526,6 +531,7 @@ async def prime_jobs() -> None:
                 continue
             if meta.get("name") not in RT.jobs.get(owner, {}):
                 RT.remember(RT.jobs, owner, meta["name"], trim_job(item))
+                RT.note_job_image(RT.jobs[owner][meta["name"]])
         RT.jobs_primed = True
         RT.job_tombstones.clear()
         log.info("job view primed", extra={"active": RT.active_jobs()})
@@ -793,7 +799,7 @@ async def sync(uid: str, ns: str, name: str) -> None:
         fields: dict[str, Any] = {
             "cacheKey": key,
             "cacheHit": False,
-            "builderImage": job["spec"].get("image"),
+            "builderImage": _ran(job, pods),
             "job": {"name": job_name, "attempts": verdict.attempts},
             "startTime": verdict.started_at or job["metadata"].get("creationTimestamp"),
         }
@@ -833,7 +839,7 @@ async def sync(uid: str, ns: str, name: str) -> None:
         if phase.value in statuses.TERMINAL:
             # A build that ran with an older image (e.g. started before an operator upgrade) is
             # rebuilt now that it has finished, once per image.
-            up = slots.needs_upgrade({**body, "status": {**status, **patch}}, RT.settings)
+            up = slots.needs_upgrade({**body, "status": {**status, **patch}}, RT.settings, RT.image_digests)
             if up is not None and RT.upgrades_tried.get(uid) != up.new_image:
                 RT.upgrades_tried[uid] = up.new_image
                 RT.schedule(uid, lambda: run(uid, ns, name, "upgrade"))
@@ -846,6 +852,18 @@ async def sync(uid: str, ns: str, name: str) -> None:
             "status",
             extra={"eb": f"{ns}/{name}", "phase": phase.value, "reason": reason, "job": job_name},
         )
+
+
+def _ran(job: Obj, pods: list[Obj]) -> str | None:
+    """What the Job's builder ran (`tag@sha256:…` once its pod reported it); learns the digest."""
+    image = job["spec"].get("image")
+    if not image:
+        return None
+    ref, seen_at = images.ran(image, pods, jobs.CONTAINER)
+    digest = images.split(ref)[1]
+    if seen_at and digest and images.learn(RT.image_digests, image, digest, seen_at):
+        log.info("builder image digest seen", extra={"image": image, "digest": digest})
+    return str(ref)
 
 
 async def _list_job_pods(uid: str, ns: str, name: str, job_name: str) -> list[Obj]:

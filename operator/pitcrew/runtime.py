@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pitcrew import jobview
+from pitcrew import images, jobview
 from pitcrew.jobs import GPU_RESOURCE
 from pitcrew.kube import Kube
 from pitcrew.settings import Settings, SettingsError
@@ -168,6 +168,15 @@ class Runtime:
             self.engine_users.setdefault(engine, {})[uid] = (namespace, name)
         if engines:
             self.engines_of[uid] = engines
+
+    # Builder image tag -> the newest digest seen running for it (pitcrew.images), from builder
+    # pods' imageID and from Jobs run by digest.
+    image_digests: dict[str, images.Seen] = field(default_factory=dict)
+
+    def note_job_image(self, job: Obj) -> None:
+        seen = images.from_job(job)
+        if seen is not None:
+            images.learn(self.image_digests, *seen)
 
     def store(self) -> Storage:
         if self.storage is None:

@@ -20,6 +20,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pitcrew import images
 from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import Backend, Phase
 from pitcrew.conditions import BUILDER_UPGRADE
@@ -38,12 +39,16 @@ class Upgrade:
     new_image: str
 
 
-def needs_upgrade(body: Mapping[str, Any], settings: Settings) -> Upgrade | None:
+def needs_upgrade(
+    body: Mapping[str, Any], settings: Settings, known: Mapping[str, images.Seen] | None = None
+) -> Upgrade | None:
     """The upgrade due for a finished build of the current generation, or None.
 
     Only builds that recorded the image they used (status.builderImage: every build that reached a
     Job or a cache lookup) qualify; failures before that (InvalidSpec) do not depend on the builder.
-    Failed builds are rebuilt too: a new builder may well fix them.
+    Failed builds are rebuilt too: a new builder may well fix them. `known`: the digests tags
+    were seen running as (pitcrew.images): a tag seen as another digest after the build finished
+    was pushed again, which is an upgrade too.
     """
     spec = body.get("spec") or {}
     status = body.get("status") or {}
@@ -60,10 +65,12 @@ def needs_upgrade(body: Mapping[str, Any], settings: Settings) -> Upgrade | None
         backend = Backend(spec.get("backend") or Backend.TENSORRT_LLM.value)
     except ValueError:
         return None
-    new = settings.builder_image(backend)
-    if old == new:
+    configured, known = settings.builder_image(backend), known or {}
+    if images.same_builder(str(old), configured) and not images.moved(
+        str(old), status.get("completionTime"), known
+    ):
         return None
-    return Upgrade(backend=backend.value, old_image=str(old), new_image=new)
+    return Upgrade(backend=backend.value, old_image=str(old), new_image=images.resolve(configured, known))
 
 
 NEW, UPGRADE = 0, 1  # work classes: a lower class is served first
