@@ -182,6 +182,31 @@ def test_deletion_policy_delete_removes_the_engine(cluster: ClusterInfo, operato
     assert s3_get(cluster, sibling) == b"keep"
 
 
+def test_deletion_removes_every_engine_the_object_published(
+    cluster: ClusterInfo, operator: Operator, ns: str
+) -> None:
+    body = engine_build(cluster, "twice", ns, **{"output.deletionPolicy": "Delete", "build.maxBatchSize": 5})
+    apply(cluster, body)
+    first = wait_phase(cluster, ns, "twice", {"Succeeded"}, op=operator)["status"]["engine"]["uri"]
+    body["spec"]["build"]["maxBatchSize"] = 6  # a spec change: another key, another engine
+    apply(cluster, body)
+    wait_for(
+        "the second engine",
+        lambda: (
+            ((get_eb(cluster, ns, "twice") or {}).get("status") or {}).get("engine", {}).get("uri")
+            not in (None, first)
+        ),
+        timeout=90,
+        op=operator,
+    )
+    status = wait_phase(cluster, ns, "twice", {"Succeeded"}, op=operator)["status"]
+    second = status["engine"]["uri"]
+    assert [e["uri"] for e in status["publishedEngines"]] == [first, second]
+    assert s3_keys(cluster, first) and s3_keys(cluster, second)
+    cluster.kubectl("-n", ns, "delete", "eb", "twice", "--timeout=60s", timeout=70)
+    assert s3_keys(cluster, first) == [] and s3_keys(cluster, second) == []
+
+
 @pytest.mark.parametrize(
     ("mode", "reason", "words"),
     [

@@ -105,6 +105,58 @@ def test_max_active_builds_paces_jobs(cluster: ClusterInfo, ns: str, tmp_path: P
         op.stop()
 
 
+def _gpus(job: dict[str, Any]) -> int:
+    limits = job["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def test_gpu_and_namespace_caps_pace_jobs(cluster: ClusterInfo, ns: str, tmp_path: Path) -> None:
+    other = new_namespace(cluster, prefix="u")
+    op = Operator(
+        cluster, tmp_path, PITCREW_MAX_ACTIVE_GPUS="4", PITCREW_MAX_ACTIVE_BUILDS_PER_NAMESPACE="1"
+    ).start()
+    try:
+        builds = [(n, name) for n in (ns, other) for name in ("g0", "g1")]
+        for i, (n, name) in enumerate(builds):  # 2 GPUs each, distinct keys
+            spec = {"build.maxBatchSize": 30 + i, "target.gpuCount": 2}
+            apply(cluster, engine_build(cluster, name, n, mode="sleep-3", **spec))
+        apply(cluster, engine_build(cluster, "huge", ns, **{"target.gpuCount": 8}))
+        most_gpus, most_per_ns, together, messages = 0, 0, 0, set()
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            active = {
+                n: [
+                    j
+                    for j in _jobs(cluster, n)
+                    if not _finished(j) and not j["metadata"].get("deletionTimestamp")
+                ]
+                for n in (ns, other)
+            }
+            most_gpus = max(most_gpus, sum(_gpus(j) for js in active.values() for j in js))
+            most_per_ns = max(most_per_ns, *(len(js) for js in active.values()))
+            together = max(together, sum(1 for js in active.values() if js))
+            statuses = {(n, name): _phase(cluster, n, name) for n, name in builds}
+            messages |= {
+                st["message"] for st in statuses.values() if st.get("reason") == "WaitingForBuildSlot"
+            }
+            if all(st.get("phase") in ("Succeeded", "Failed") for st in statuses.values()):
+                break
+            time.sleep(0.2)
+        assert {k: st.get("phase") for k, st in statuses.items()} == dict.fromkeys(builds, "Succeeded"), (
+            op.tail()
+        )
+        assert most_per_ns == 1 and most_gpus <= 4, (most_per_ns, most_gpus)
+        assert together == 2, "the two namespaces' builds never ran side by side"
+        assert any("PITCREW_MAX_ACTIVE_BUILDS_PER_NAMESPACE" in m for m in messages), messages
+        # More GPUs than the cap could ever give: refused at once instead of queued forever.
+        huge = _phase(cluster, ns, "huge")
+        assert (huge.get("phase"), huge.get("reason")) == ("Failed", "PolicyViolation"), huge
+        assert "PITCREW_MAX_ACTIVE_GPUS=4" in huge["message"]
+    finally:
+        op.stop()
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
 def test_builder_upgrade_rebuilds_unpinned_builds(cluster: ClusterInfo, ns: str, tmp_path: Path) -> None:
     bodies = {
         "u1": engine_build(cluster, "u1", ns, **{"build.maxBatchSize": 21}),
