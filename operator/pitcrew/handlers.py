@@ -94,19 +94,19 @@ def login(**kwargs: Any) -> Any:
 # -- EngineBuilds --------------------------------------------------------------------------------
 
 
-@kopf.on.create(*EB, id="build", retries=20, backoff=RT.settings.retry_seconds)
-async def on_create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await reconcile.reconcile(body, patch, "create")
+@kopf.on.create(*EB, id="build", retries=reconcile.RETRIES, backoff=RT.settings.retry_seconds)
+async def on_create(body: kopf.Body, retry: int, **_: Any) -> None:
+    await reconcile.reconcile(body, "create", attempt=retry)
 
 
-@kopf.on.update(*EB, field="spec", id="rebuild", retries=20, backoff=RT.settings.retry_seconds)
-async def on_update(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await reconcile.reconcile(body, patch, "update")
+@kopf.on.update(*EB, field="spec", id="rebuild", retries=reconcile.RETRIES, backoff=RT.settings.retry_seconds)
+async def on_update(body: kopf.Body, retry: int, **_: Any) -> None:
+    await reconcile.reconcile(body, "update", attempt=retry)
 
 
-@kopf.on.resume(*EB, id="resume", retries=20, backoff=RT.settings.retry_seconds)
-async def on_resume(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await reconcile.reconcile(body, patch, "resume")
+@kopf.on.resume(*EB, id="resume", retries=reconcile.RETRIES, backoff=RT.settings.retry_seconds)
+async def on_resume(body: kopf.Body, retry: int, **_: Any) -> None:
+    await reconcile.reconcile(body, "resume", attempt=retry)
 
 
 def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:
@@ -151,14 +151,7 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
         and await RT.kube.get(reconcile.jobs_path(ns, job_name)) is None
     ):
         log.warning("builder Job vanished; recreating", extra={"eb": f"{ns}/{name}", "job": job_name})
-        patch = kopf.Patch()
-        try:
-            await reconcile.reconcile(body, patch, "poll")
-        finally:
-            if patch.get("status"):
-                await RT.kube.merge_patch(
-                    reconcile.eb_path(ns, name) + "/status", {"status": patch["status"]}
-                )
+        await reconcile.run(uid, ns, name, "poll")
         return
     await reconcile.sync(uid, ns, name)
 
@@ -200,6 +193,7 @@ async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
         metrics.STATE.forget(uid)
         RT.forget(uid)
     else:
+        RT.note_generation(uid, body["metadata"].get("generation"))
         metrics.STATE.set_phase(uid, (body.get("status") or {}).get("phase"))
         meta = body["metadata"]
         RT.note_engines(

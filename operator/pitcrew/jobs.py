@@ -10,6 +10,7 @@ RuntimeDefault seccomp; credentials reach the builder only as secretKeyRef env v
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,9 @@ LABEL_KEY = "pitcrew.dev/cache-key"  # first 32 hex digits: label values are cap
 ANN_NAME = "pitcrew.dev/enginebuild"
 ANN_KEY = "pitcrew.dev/cache-key"
 ANN_GENERATION = "pitcrew.dev/generation"
+# sha256 of what the pod asks of the scheduler and the Job controller (scheduling_digest): a spec
+# change that keeps the engine but changes these replaces a Job no pod of which runs yet.
+ANN_SCHEDULING = "pitcrew.dev/scheduling"
 SELECTOR = f"{MANAGED_BY}={MANAGER}"
 
 SCRATCH_DIR = "/scratch"
@@ -285,21 +289,37 @@ def render_job(
         pod_spec["tolerations"] = tolerations
     if spec.target.priority_class_name:
         pod_spec["priorityClassName"] = spec.target.priority_class_name
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            "backoffLimit": spec.retry_limit,
-            "podFailurePolicy": pod_failure_policy(),
-            "activeDeadlineSeconds": spec.timeout_seconds,
-            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
-            "template": {
-                "metadata": {
-                    "labels": labels(eb_uid, plan.cache_key),
-                    "annotations": dict(meta["annotations"]),
-                },
-                "spec": pod_spec,
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.retry_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        "activeDeadlineSeconds": spec.timeout_seconds,
+        "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+        "template": {
+            "metadata": {
+                "labels": labels(eb_uid, plan.cache_key),
+                "annotations": dict(meta["annotations"]),
             },
+            "spec": pod_spec,
         },
     }
+    meta["annotations"][ANN_SCHEDULING] = scheduling_digest(job_spec)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+SCHEDULING_POD_FIELDS = ("nodeSelector", "tolerations", "priorityClassName", "affinity")
+SCHEDULING_JOB_FIELDS = ("activeDeadlineSeconds", "backoffLimit")
+
+
+def scheduling_digest(job_spec: Mapping[str, Any]) -> str:
+    """sha256 over a Job's scheduling: the container's resources, the pod's node selection,
+    tolerations and priority, and the Job's deadline and retries. The engine does not depend on
+    these (they are not in the cache key); the build's chance to run does."""
+    pod = job_spec.get("template", {}).get("spec", {})
+    container = (pod.get("containers") or [{}])[0]
+    parts = {
+        "resources": container.get("resources"),
+        **{f: pod.get(f) for f in SCHEDULING_POD_FIELDS},
+        **{f: job_spec.get(f) for f in SCHEDULING_JOB_FIELDS},
+    }
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from pitcrew import (
     conditions,
+    decide,
     events,
     images,
     jobs,
@@ -187,270 +189,272 @@ def engine_record(output_uri: str, key: str, manifest: Manifest, data: bytes) ->
     ).to_api()
 
 
-# -- spec -> Job ---------------------------------------------------------------------------------
+# -- spec -> Job: the executor of pitcrew.decide ----------------------------------------------------
 
 
-def _fail(body: Mapping[str, Any], patch: Any, reason: str, message: str, **fields: Any) -> None:
-    status = body.get("status") or {}
-    gen = body["metadata"].get("generation")
-    patch.status.update(
-        statuses.compose(
-            status, phase=Phase.FAILED, reason=reason, message=message, generation=gen,
-            now=statuses.now_rfc3339(), **fields,
-        )
-    )  # fmt: skip
-    if status.get("phase") != Phase.FAILED.value or status.get("reason") != reason:
-        _post(body, "Warning", reason, message)
-        metrics.TRANSITIONS.labels(Phase.FAILED.value, reason).inc()
+@dataclass
+class _Pass:
+    """What one reconcile pass has read so far (the facts given to decide, and what they came from)."""
+
+    body: Mapping[str, Any]
+    cause: str
+    spec: EngineBuildSpec | None = None
+    resolved: Resolved | None = None
+    secrets: dict[str, Obj | None] = field(default_factory=dict)
+    job: Obj | None = None  # the Job the spec renders now
+    key: str = ""
+    jobs: dict[str, Obj] = field(default_factory=dict)  # our existing Jobs by name
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.body["metadata"]  # type: ignore[no-any-return]
 
 
-async def reconcile(body: Mapping[str, Any], patch: Any, cause: str) -> None:
-    """create / update / resume: validate, key, cache lookup, then exactly one Job."""
+async def reconcile(body: Mapping[str, Any], cause: str, *, attempt: int = 0) -> None:
+    """create / update / resume / queue / upgrade: decide.decide's actions, with the I/O they need.
+
+    Serialized per object with the Job follower (pitcrew.runtime.RT.lock), and every status write goes
+    through write_status: one writer per object.
+    """
     meta = body["metadata"]
-    ns, name, uid, gen = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
+    uid = meta["uid"]
     status = body.get("status") or {}
-    if meta.get("deletionTimestamp"):
-        return
-    resumable = cause == "resume" and status.get("observedGeneration") == gen and status.get("cacheKey")
-    upgrade: slots.Upgrade | None = None
-    if resumable and (status.get("phase") in statuses.TERMINAL or status.get("job")):
-        # Restart: running builds are followed from their Job's events; finished ones need nothing
-        # unless the operator's builder image for their backend changed (and they did not pin one).
-        if status.get("phase") not in statuses.TERMINAL:
-            RT.schedule(uid, lambda: sync(uid, ns, name))
-            return
-        upgrade = slots.needs_upgrade(body, RT.settings, RT.image_digests)
-        if upgrade is None:
-            return
-    elif cause == "upgrade":
-        upgrade = slots.needs_upgrade(body, RT.settings, RT.image_digests)
-        if upgrade is None:
-            return
-    if upgrade is not None:
-        cause = "upgrade"
-        RT.upgrades_tried[uid] = upgrade.new_image
-    # Conditions: an upgrade starts here; a new spec ends one; anything else keeps the state.
-    marker: bool | None = True if upgrade else None
-    if upgrade is None and (cause in ("create", "update") or status.get("observedGeneration") != gen):
-        marker = False
+    observed = decide.Observed(
+        cause=decide.Cause(cause),
+        generation=int(meta.get("generation") or 0),
+        status=status,
+        deleting=bool(meta.get("deletionTimestamp")),
+        upgrade=slots.needs_upgrade(body, RT.settings, RT.image_digests),
+        attempt=attempt,
+        max_attempts=RETRIES,
+    )
+    async with RT.lock(uid):
+        await _execute(_Pass(body, cause), observed)
 
+
+RETRIES = 20  # kopf handler retries (handlers.py) before transient trouble counts as a failure
+
+
+async def _execute(p: _Pass, o: decide.Observed) -> None:
+    done: list[decide.Action] = []  # by equality: Write fields may hold dicts
+    while True:
+        for action in decide.decide(o):
+            if isinstance(action, decide.Observe):
+                o = await _observe(p, o, action.what)
+                break
+            if action in done:
+                continue
+            done.append(action)
+            await _apply(p, o, action)
+        else:
+            return
+
+
+async def _observe(p: _Pass, o: decide.Observed, what: decide.Need) -> decide.Observed:
+    ns, name, uid = p.meta["namespace"], p.meta["name"], p.meta["uid"]
+    if what == decide.Need.SPEC:
+        return dataclasses.replace(o, spec=await _check_spec(p))
+    if what == decide.Need.SOURCE:
+        return await _read_source(p, o)
+    if what == decide.Need.JOBS:
+        if p.cause == decide.Cause.CREATE:
+            # A new object has no Jobs yet (a retried create that made one gets 409 and adopts it):
+            # skip the LIST, it is the hot path of a burst.
+            listed = list(RT.jobs.get(uid, {}).values())
+        else:
+            listed = [
+                j
+                for j in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
+                if jobs.owner_of(j) == (uid, name)
+            ]
+        p.jobs = {j["metadata"]["name"]: j for j in listed}
+        pods = list(RT.pods.get(uid, {}).values())
+        return dataclasses.replace(o, jobs=tuple(decide.job_facts(j, pods) for j in listed))
+    if what == decide.Need.MANIFEST:
+        assert p.spec is not None
+        spec = p.spec
+        try:
+            out_creds = (
+                credentials(p.secrets, spec, ns, "output") if spec.output.uri.startswith("s3://") else None
+            )
+            endpoint = spec.output.endpoint or RT.settings.s3_endpoint
+            found = await read_manifest(spec.output.uri, endpoint, out_creds or Credentials(), p.key)
+        except StorageError as e:
+            return dataclasses.replace(
+                o,
+                manifest=decide.ManifestCheck(
+                    trouble=f"spec.output.uri: cannot look for a published engine: {e}"
+                ),
+            )
+        record = engine_record(spec.output.uri, p.key, *found) if found else None
+        return dataclasses.replace(o, manifest=decide.ManifestCheck(record=record))
+    assert what == decide.Need.START and p.job is not None
+    return dataclasses.replace(o, start=await _start(p, o))
+
+
+async def _check_spec(p: _Pass) -> decide.SpecCheck:
+    ns = p.meta["namespace"]
     try:
-        spec = EngineBuildSpec.model_validate(body.get("spec") or {})
+        spec = EngineBuildSpec.model_validate(p.body.get("spec") or {})
     except ValidationError as e:
         first = e.errors()[0]
-        where = "spec." + ".".join(str(p) for p in first["loc"])
-        _fail(body, patch, REASON_INVALID_SPEC, f"{where}: {first['msg']}")
-        return
-    secrets = await read_secrets(ns, spec)
+        where = "spec." + ".".join(str(x) for x in first["loc"])
+        return decide.SpecCheck(invalid=f"{where}: {first['msg']}")
+    p.spec = spec
+    p.secrets = await read_secrets(ns, spec)
     keys: dict[str, frozenset[str] | None] = {
-        n: frozenset((s or {}).get("data") or {}) if s else None for n, s in secrets.items()
+        n: frozenset((s or {}).get("data") or {}) if s else None for n, s in p.secrets.items()
     }
     # A Secret that does not exist yet (external-secrets, sealed-secrets, a later apply) is waited
     # for, not a failure: validate the rest as if it had the keys the spec names.
-    missing = {field: ref for field, ref in secret_refs(spec).items() if keys.get(ref.name) is None}
+    missing = {f: ref for f, ref in secret_refs(spec).items() if keys.get(ref.name) is None}
     for ref in missing.values():
         keys[ref.name] = frozenset({ref.access_key_id_key, ref.secret_access_key_key})
     try:
         resolved = validate(spec, RT.settings, secret_keys=keys)
-        # The builder by digest when one was seen for its tag (pitcrew.images): Job and key alike.
-        image = images.resolve(resolved.builder_image, RT.image_digests)
-        resolved = dataclasses.replace(resolved, builder_image=image)
     except InvalidSpec as e:
-        _fail(body, patch, REASON_INVALID_SPEC, str(e))
-        return  # nothing to retry: the next spec change runs the update handler
+        return decide.SpecCheck(invalid=str(e))
+    # The builder by digest when one was seen for its tag (pitcrew.images): Job and key alike.
+    image = images.resolve(resolved.builder_image, RT.image_digests)
+    p.resolved = resolved = dataclasses.replace(resolved, builder_image=image)
     if missing:
-        message = "; ".join(
-            f"{field}: Secret {ref.name!r} not found in this namespace: create it (the build starts when "
-            "it appears) or fix the name"
-            for field, ref in missing.items()
+        return decide.SpecCheck(
+            missing_secrets="; ".join(
+                f"{f}: Secret {ref.name!r} not found in this namespace: create it (the build starts when "
+                "it appears) or fix the name"
+                for f, ref in missing.items()
+            )
         )
-        if status.get("reason") != REASON_SECRET_MISSING or status.get("message") != message:
-            patch.status.update(
-                statuses.compose(
-                    status, phase=Phase.PENDING, reason=REASON_SECRET_MISSING, message=message,
-                    generation=gen, now=statuses.now_rfc3339(), upgrade=marker,
-                )
-            )  # fmt: skip
-            _post(body, "Warning", REASON_SECRET_MISSING, message)
-        return  # the poller looks again (pitcrew.handlers.poll_one)
-    refused = policy_problems(spec, ns, resolved)
+    refused = policy_problems(spec, ns, p.resolved)
     if refused:
-        # Before any S3 call or Job: the operator does not act for a tenant outside its grants.
-        _fail(body, patch, tenancy.REASON, "; ".join(str(p) for p in refused))
-        return
+        return decide.SpecCheck(refused="; ".join(str(x) for x in refused))
     too_big = slots.never_fits(resolved.gpu_count, slots.Limits.of(RT.settings))
     if too_big:
-        _fail(body, patch, tenancy.REASON, too_big)  # it would wait for a slot forever
-        return
+        return decide.SpecCheck(refused=too_big)  # it would wait for a slot forever
+    return decide.SpecCheck()
 
-    retry = RT.settings.retry_seconds
+
+async def _read_source(p: _Pass, o: decide.Observed) -> decide.Observed:
+    assert p.spec is not None and p.resolved is not None
+    spec, ns, name = p.spec, p.meta["namespace"], p.meta["name"]
     try:
-        creds = credentials(secrets, spec, ns, "source") if spec.source.uri.startswith("s3://") else None
+        creds = credentials(p.secrets, spec, ns, "source") if spec.source.uri.startswith("s3://") else None
         identity = await source_identity(spec, creds, ns)
     except SourceMissing as e:
-        _fail(body, patch, REASON_SOURCE, str(e))
-        raise kopf.TemporaryError(str(e), delay=retry) from e
+        return dataclasses.replace(o, source=decide.SourceCheck(trouble=str(e), missing=True))
     except StorageError as e:
         message = f"spec.source.uri: cannot list the checkpoint: {e}"
-        if e.transient:
-            # S3 unreachable or overloaded: waiting, not failed (retried).
-            patch.status.update(
-                statuses.compose(
-                    status, phase=Phase.PENDING, reason=REASON_STORAGE, message=message, generation=gen,
-                    now=statuses.now_rfc3339(), upgrade=marker,
-                )
-            )  # fmt: skip
-        else:
-            _fail(body, patch, REASON_SOURCE, message)
-        raise kopf.TemporaryError(str(e), delay=retry) from e
-
+        return dataclasses.replace(o, source=decide.SourceCheck(trouble=message, transient=e.transient))
     planned = plans.make_plan(
-        spec, resolved, RT.settings, namespace=ns, name=name, generation=gen, source_identity=identity
+        spec, p.resolved, RT.settings, namespace=ns, name=name, generation=o.generation,
+        source_identity=identity,
+    )  # fmt: skip
+    p.key = planned.key
+    p.job = jobs.render_job(
+        namespace=ns, eb_name=name, eb_uid=p.meta["uid"], spec=spec, resolved=p.resolved, plan=planned.plan,
+        settings=RT.settings,
+    )  # fmt: skip
+    ann = p.job["metadata"]["annotations"]
+    plan = decide.Plan(
+        key=planned.key,
+        engine=ann[sharing.ANN_ENGINE],
+        builder_image=p.resolved.builder_image,
+        engine_uri=plans.engine_uri(spec.output.uri, planned.key),
+        job_name=p.job["metadata"]["name"],
+        scheduling=ann[jobs.ANN_SCHEDULING],
     )
-    key = planned.key
-    out_endpoint = spec.output.endpoint or RT.settings.s3_endpoint
+    return dataclasses.replace(o, source=decide.SourceCheck(), plan=plan)
 
-    if cause == "create":
-        # A new object has no Jobs yet (a retried create that made one gets 409 below and adopts it):
-        # skip the LIST, it is the hot path of a burst.
-        existing = list(RT.jobs.get(uid, {}).values())
-    else:
-        existing = [
-            j
-            for j in await RT.kube.list(jobs_path(ns), f"{jobs.LABEL_UID}={uid}")
-            if jobs.owner_of(j) == (uid, name)
-        ]
-    # The same engine means the same key *and* the same output location: after a move of
-    # spec.output the engine must be published (or found) at the new place, not reported at the old.
-    engine = sharing.engine_ident(spec.output.uri, out_endpoint, ns, key)
 
-    def same_engine(j: Obj) -> bool:
-        return _ann(j, jobs.ANN_KEY) == key and _ann(j, sharing.ANN_ENGINE) in (None, engine)
-
-    same_key = [j for j in existing if same_engine(j) and not j["metadata"].get("deletionTimestamp")]
-    for j in existing:
-        if j["metadata"].get("deletionTimestamp") or same_engine(j):
-            continue
-        if _ann(j, jobs.ANN_KEY) != key or jobview.holds_slot(j):
-            await supersede(body, j)  # another key, or a running build publishing to the old place
-
-    live = [j for j in same_key if not jobview.failed(j)]
-    if live or (same_key and cause == "resume"):
-        # Same engine as the running/finished Job (restart, or a spec change that keeps the key).
-        job = max(live or same_key, key=lambda j: int(_ann(j, jobs.ANN_GENERATION) or 0))
-        if status.get("observedGeneration") != gen:
-            patch.status.update({"observedGeneration": gen, "cacheKey": key})
-        RT.schedule(uid, lambda: sync(uid, ns, name))
-        log.info("adopted Job", extra={"eb": f"{ns}/{name}", "job": job["metadata"]["name"]})
-        return
-
-    try:
-        out_creds = credentials(secrets, spec, ns, "output") if spec.output.uri.startswith("s3://") else None
-        found = await read_manifest(spec.output.uri, out_endpoint, out_creds or Credentials(), key)
-    except StorageError as e:
-        message = f"spec.output.uri: cannot look for a published engine: {e}"
-        patch.status.update(
-            statuses.compose(
-                status, phase=Phase.PENDING, reason=REASON_STORAGE, message=message, generation=gen,
-                now=statuses.now_rfc3339(), cacheKey=key, upgrade=marker,
-            )
-        )  # fmt: skip
-        raise kopf.TemporaryError(message, delay=retry) from e
-    if found is not None:
-        manifest, data = found
-        message = f"engine already published at {plans.engine_uri(spec.output.uri, key)}"
-        now = statuses.now_rfc3339()
-        patch.status.update(
-            statuses.compose(
-                status, phase=Phase.SUCCEEDED, reason=REASON_CACHE_HIT, message=message, generation=gen,
-                now=now, cacheKey=key, cacheHit=True, builderImage=resolved.builder_image,
-                engine=engine_record(spec.output.uri, key, manifest, data), job=None, progress=None,
-                startTime=now, completionTime=now,
-            )
-        )  # fmt: skip
-        metrics.CACHE_HITS.inc()
-        metrics.TRANSITIONS.labels(Phase.SUCCEEDED.value, REASON_CACHE_HIT).inc()
-        if upgrade is not None:
-            _post(body, "Normal", slots.REASON_UPGRADE, slots.upgrade_message(upgrade, key))
-        _post(body, "Normal", REASON_CACHE_HIT, message)
-        _dequeue(uid)
-        return
-
-    plan = planned.plan
-    job = jobs.render_job(
-        namespace=ns, eb_name=name, eb_uid=uid, spec=spec, resolved=resolved, plan=plan, settings=RT.settings
-    )
-    job_name = job["metadata"]["name"]
-    created = str(meta.get("creationTimestamp") or "")
+async def _start(p: _Pass, o: decide.Observed) -> decide.StartOutcome:
+    """One Job per engine: looking for another build's Job and creating ours is one step per engine."""
+    assert p.job is not None
+    ns, name, uid = p.meta["namespace"], p.meta["name"], p.meta["uid"]
+    engine = p.job["metadata"]["annotations"][sharing.ANN_ENGINE]
+    assert p.resolved is not None
     # A builder upgrade (starting now, or queued before: its Reconciling reason says so) waits
     # behind new builds and spec changes.
-    rebuild = upgrade is not None or (marker is None and conditions.upgrading(status.get("conditions")))
+    marker = decide.marker(o)
+    rebuild = o.upgrade is not None or (marker is None and conditions.upgrading(o.status.get("conditions")))
     entry = slots.QueueEntry(
-        created=created, namespace=ns, name=name, uid=uid, gpus=resolved.gpu_count,
-        work=slots.UPGRADE if rebuild else slots.NEW,
+        created=str(p.meta.get("creationTimestamp") or ""), namespace=ns, name=name, uid=uid,
+        gpus=p.resolved.gpu_count, work=slots.UPGRADE if rebuild else slots.NEW,
     )  # fmt: skip
-    engine = job["metadata"]["annotations"][sharing.ANN_ENGINE]
-    # One Job per engine: looking for another build's Job and creating ours is one step per engine.
     async with RT.engine_lock(engine):
         builder = sharing.shared_builder(RT.jobs, uid, engine)
-        if builder is None:
-            _stop_waiting(uid, engine)
-            try:
-                waiting = await start_job(body, entry, job, key)
-            except ForeignJob as e:
-                _fail(body, patch, REASON_FOREIGN_JOB, str(e))
-                raise kopf.TemporaryError(str(e), delay=retry) from e
-        else:
+        if builder is not None:
             RT.waiters.setdefault(engine, {})[uid] = (ns, name)
             _dequeue(uid)
-    if builder is not None:
-        message = sharing.waiting_message(plans.engine_uri(spec.output.uri, key))
-        if status.get("reason") != sharing.REASON_WAITING or status.get("cacheKey") != key:
-            patch.status.update(
-                statuses.compose(
-                    status, phase=Phase.QUEUED, reason=sharing.REASON_WAITING, message=message,
-                    generation=gen, now=statuses.now_rfc3339(), upgrade=marker, cacheKey=key,
-                    cacheHit=False, builderImage=resolved.builder_image, job=None, progress=None,
-                )
-            )  # fmt: skip
-            metrics.TRANSITIONS.labels(Phase.QUEUED.value, sharing.REASON_WAITING).inc()
-            _post(body, "Normal", sharing.REASON_WAITING, message)
-        log.info(
-            "waiting for a shared build", extra={"eb": f"{ns}/{name}", "job": builder["metadata"]["name"]}
-        )
-        return
+            log.info(
+                "waiting for a shared build", extra={"eb": f"{ns}/{name}", "job": builder["metadata"]["name"]}
+            )
+            return decide.SharedBuild(builder["metadata"]["name"])
+        _stop_waiting(uid, engine)
+        try:
+            waiting = await start_job(p.body, entry, p.job, p.key)
+        except ForeignJob as e:
+            return decide.ForeignJob(str(e))
     if waiting is not None:
         # Over a build-slot cap: queued; the poller (or a finishing Job) starts it later.
-        message = waiting
-        if upgrade is not None:
-            message += f" (builder upgrade {upgrade.old_image} -> {upgrade.new_image})"
-        update = statuses.compose(
-            status, phase=Phase.QUEUED, reason=slots.REASON_WAITING, message=message, generation=gen,
-            now=statuses.now_rfc3339(), upgrade=marker, cacheKey=key, cacheHit=False,
-            builderImage=resolved.builder_image, job=None, progress=None,
+        log.info("queued", extra={"eb": f"{ns}/{name}", "why": waiting})
+        return decide.NoSlot(waiting)
+    return decide.Started(p.job["metadata"]["name"])
+
+
+async def _apply(p: _Pass, o: decide.Observed, action: decide.Action) -> None:
+    body, ns, name, uid = p.body, p.meta["namespace"], p.meta["name"], p.meta["uid"]
+    if isinstance(action, decide.Write):
+        now = statuses.now_rfc3339()
+        fields = {k: (now if v == decide.NOW else v) for k, v in action.fields}
+        patch = statuses.compose(
+            o.status, phase=action.phase, reason=action.reason, message=action.message,
+            generation=o.generation, now=now, upgrade=action.upgrade, **fields,
         )  # fmt: skip
-        if upgrade is not None:
-            _post(body, "Normal", slots.REASON_UPGRADE, slots.upgrade_message(upgrade, key))
-        if status.get("reason") != slots.REASON_WAITING or status.get("cacheKey") != key:
-            patch.status.update(update)
-            metrics.TRANSITIONS.labels(Phase.QUEUED.value, slots.REASON_WAITING).inc()
-            _post(body, "Normal", slots.REASON_WAITING, message)
-        log.info("queued", extra={"eb": f"{ns}/{name}", "why": message})
-        return
-    if upgrade is not None:
-        # The one extra write of an upgrade: why it rebuilds, visible before the Job reports.
-        message = slots.upgrade_message(upgrade, key)
-        patch.status.update(
-            statuses.compose(
-                status, phase=Phase.QUEUED, reason=slots.REASON_UPGRADE, message=message, generation=gen,
-                now=statuses.now_rfc3339(), upgrade=True, cacheKey=key, cacheHit=False,
-                builderImage=resolved.builder_image, job={"name": job_name, "attempts": 0}, progress=None,
+        await write_status(uid, ns, name, o.generation, patch)
+        if action.reason == Reason.CACHE_HIT:
+            metrics.CACHE_HITS.inc()
+        if action.event is not None:
+            metrics.TRANSITIONS.labels(action.phase.value, action.reason).inc()
+            _post(body, action.event, action.reason, action.message)
+    elif isinstance(action, decide.Event):
+        _post(body, action.type, action.reason, action.message)
+    elif isinstance(action, decide.Retry):
+        raise kopf.TemporaryError(action.message, delay=RT.settings.retry_seconds)
+    elif isinstance(action, decide.Supersede):
+        await supersede(body, p.jobs[action.job_name])
+    elif isinstance(action, decide.Replace):
+        await supersede(
+            body, p.jobs[action.job_name], reason=Reason.JOB_REPLACED,
+            why="the spec changed its scheduling (resources, tolerations, node selection, priority, timeout "
+            "or retries) and no pod of it runs yet: a new Job applies the change",
+        )  # fmt: skip
+    elif isinstance(action, decide.Follow):
+        RT.schedule(uid, lambda: sync(uid, ns, name))
+    elif isinstance(action, decide.MarkUpgrade):
+        RT.upgrades_tried[uid] = action.image
+    elif isinstance(action, decide.Dequeue):
+        _dequeue(uid)
+
+
+async def write_status(
+    uid: str, ns: str, name: str, generation: int | None, patch: Mapping[str, Any]
+) -> bool:
+    """The one path of every EngineBuild status write: serialized per object, and a write for an
+    older generation than the newest one seen (from the watch or an earlier write) is dropped: that
+    generation's own pass writes (decide: one write per new generation). Returns whether it wrote."""
+    async with RT.write_lock(uid):
+        newest = RT.generations.get(uid, 0)
+        if generation is not None and generation < newest:
+            metrics.ERRORS.labels("stale_write").inc()
+            log.info(
+                "dropped a status write for an older generation",
+                extra={"eb": f"{ns}/{name}", "generation": generation, "newest": newest},
             )
-        )  # fmt: skip
-        metrics.TRANSITIONS.labels(Phase.QUEUED.value, slots.REASON_UPGRADE).inc()
-        _post(body, "Normal", slots.REASON_UPGRADE, message)
-    # The status follows from the Job's first watch events (saves a write per build).
-    RT.schedule(uid, lambda: sync(uid, ns, name))
+            return False
+        if generation is not None:
+            RT.generations[uid] = max(newest, generation)
+        await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": dict(patch)})
+        return True
 
 
 def _stop_waiting(uid: str, engine: str | None = None) -> None:
@@ -620,14 +624,13 @@ class ForeignJob(Exception):
 
 
 async def run(uid: str, ns: str, name: str, cause: str, entry: slots.QueueEntry | None = None) -> None:
-    """reconcile() outside a kopf handler (poller: queued builds, upgrades): applies its status patch."""
+    """reconcile() outside a kopf handler (poller: queued builds, upgrades, Secrets, rescheduling)."""
     body = await RT.kube.get(eb_path(ns, name))
     if not body or body["metadata"].get("uid") != uid or body["metadata"].get("deletionTimestamp"):
         _dequeue(uid)
         return
-    patch = kopf.Patch()
     try:
-        await reconcile(body, patch, cause)
+        await reconcile(body, cause)
     except kopf.TemporaryError as e:
         log.warning("retrying later", extra={"eb": f"{ns}/{name}", "cause": cause, "error": str(e)[:300]})
         if cause == "upgrade":
@@ -635,9 +638,6 @@ async def run(uid: str, ns: str, name: str, cause: str, entry: slots.QueueEntry 
         elif cause == "admit":
             created = str(body["metadata"].get("creationTimestamp") or "")
             _requeue_later(entry or slots.QueueEntry(created=created, namespace=ns, name=name, uid=uid))
-    finally:
-        if patch.get("status"):
-            await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch["status"]})
 
 
 def _requeue_later(entry: slots.QueueEntry) -> None:
@@ -690,15 +690,16 @@ def _ann(obj: Mapping[str, Any], key: str) -> str | None:
     return str(value) if value is not None else None
 
 
-async def supersede(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+async def supersede(
+    body: Mapping[str, Any],
+    job: Mapping[str, Any],
+    *,
+    reason: str = Reason.SUPERSEDED,
+    why: str = "the spec changed its engine (cache key or output location)",
+) -> None:
     ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
     if await RT.kube.delete(jobs_path(ns, name), propagation="Background"):
-        _post(
-            body,
-            "Normal",
-            Reason.SUPERSEDED,
-            f"deleted builder Job {name}: the spec changed its engine (cache key or output location)",
-        )
+        _post(body, "Normal", reason, f"deleted builder Job {name}: {why}")
         # Its build slot is free now (the watch says so a moment later): the replacement may use it.
         cached = RT.jobs.get(body["metadata"]["uid"], {}).get(name)
         if cached is not None and not cached["metadata"].get("deletionTimestamp"):
@@ -835,7 +836,8 @@ async def sync(uid: str, ns: str, name: str) -> None:
         )  # fmt: skip
         if statuses.is_noop(status, patch):
             return
-        await RT.kube.merge_patch(eb_path(ns, name) + "/status", {"status": patch})
+        if not await write_status(uid, ns, name, generation, patch):
+            return
         if phase.value in statuses.TERMINAL:
             # A build that ran with an older image (e.g. started before an operator upgrade) is
             # rebuilt now that it has finished, once per image.
@@ -885,12 +887,14 @@ def quiet_queued_wait(
 ) -> float | None:
     """Seconds to hold back a Queued write for a fresh build, or None to write now.
 
-    A build that has shown nothing yet (no phase) and whose pod is only waiting or starting stays
-    unwritten until its Job is `quiet` seconds old: most pods start sooner, and then the first status
-    write is Building. Unschedulable and retrying pods, and any build with a phase shown already
-    (e.g. a spec change replacing a running build), are written at once.
+    A build that has shown nothing about its pod yet (no phase, or only Queued/JobCreated) and whose
+    pod is only waiting or starting stays unwritten until its Job is `quiet` seconds old: most pods
+    start sooner, and then the next status write is Building. Unschedulable and retrying pods, and
+    any build with a phase shown already (e.g. a spec change replacing a running build), are written
+    at once.
     """
-    if status.get("phase") or verdict.phase != Phase.QUEUED or verdict.reason not in QUIET_REASONS:
+    shown = status.get("phase") and status.get("reason") != Reason.JOB_CREATED
+    if shown or verdict.phase != Phase.QUEUED or verdict.reason not in QUIET_REASONS:
         return None
     created = jobstatus.parse_time(job["metadata"].get("creationTimestamp"))
     if created is None:

@@ -116,6 +116,10 @@ class Runtime:
     # One Job per engine (pitcrew.sharing): the look for another build's Job and our create are one
     # step per engine identity; pruned as soon as nobody holds or waits for it.
     engine_lock: KeyedLocks = field(default_factory=KeyedLocks)
+    # The one status writer per object (reconcile.write_status): its lock, and the newest
+    # generation seen per EngineBuild uid (watch events and writes); older writes are dropped.
+    write_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
     pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # EngineBuilds not final yet (uid -> namespace, name): the poller's work list. One loop for all,
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
@@ -186,6 +190,13 @@ class Runtime:
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
 
+    def write_lock(self, uid: str) -> asyncio.Lock:
+        return self.write_locks.setdefault(uid, asyncio.Lock())
+
+    def note_generation(self, uid: str, generation: int | None) -> None:
+        if generation:
+            self.generations[uid] = max(self.generations.get(uid, 0), int(generation))
+
     def remember(self, table: dict[str, dict[str, Obj]], uid: str, name: str, value: Obj | None) -> None:
         if value is None:
             table.get(uid, {}).pop(name, None)
@@ -219,6 +230,8 @@ class Runtime:
         self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
         self.locks.pop(uid, None)
+        self.write_locks.pop(uid, None)
+        self.generations.pop(uid, None)
         task = self.pending.pop(uid, None)
         if task is not None:
             task.cancel()

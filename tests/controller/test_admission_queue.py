@@ -65,7 +65,7 @@ def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
     runtime.jobs_primed = True
     monkeypatch.setattr(reconcile, "RT", runtime)
 
-    async def fake_reconcile(body: dict[str, Any], patch: Any, cause: str) -> None:
+    async def fake_reconcile(body: dict[str, Any], cause: str, *, attempt: int = 0) -> None:
         if body["metadata"]["name"] == "broken":
             raise kopf.TemporaryError("spec.source.uri: cannot list the checkpoint: S3 unreachable")
         job = {"metadata": {"name": body["metadata"]["name"] + "-job"}, "spec": {}}
@@ -117,7 +117,7 @@ def test_the_order_is_computed_again_before_every_start(monkeypatch: pytest.Monk
         for n, b in kube.bodies.items()
     }
 
-    async def fake_reconcile(body: dict[str, Any], patch: Any, cause: str) -> None:
+    async def fake_reconcile(body: dict[str, Any], cause: str, *, attempt: int = 0) -> None:
         name = body["metadata"]["name"]
         if name == "up1":
             # While the first upgrade starts, a new EngineBuild arrives and queues (no slot free

@@ -211,3 +211,26 @@ def test_invalid_input_is_not_retried_on_a_gpu() -> None:
     }
     assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"] == [{"type": "DisruptionTarget"}]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+@pytest.mark.parametrize(
+    ("override", "changes"),
+    [
+        ({"timeoutSeconds": 7200}, True),
+        ({"retryLimit": 3}, True),
+        ({"target.resources": {"limits": {"memory": "64Gi"}}}, True),
+        ({"target.tolerations": [{"key": "dedicated", "operator": "Exists"}]}, True),
+        ({"target.nodeSelector": {"pool": "a"}}, True),
+        ({"target.priorityClassName": "gpu-batch"}, True),
+        ({"output.uri": "s3://engines/elsewhere"}, False),  # another engine place, not scheduling
+        ({"source.revision": "v2"}, False),
+    ],
+)
+def test_scheduling_digest_follows_the_pods_scheduling_only(override: dict[str, Any], changes: bool) -> None:
+    """A spec change that keeps the engine but changes scheduling is told apart by this annotation
+    (pitcrew.decide replaces a Job no pod of which runs yet)."""
+    base, _ = render()
+    other, _ = render(**override)
+    a, b = (j["metadata"]["annotations"][jobs.ANN_SCHEDULING] for j in (base, other))
+    assert (a != b) == changes
+    assert a == jobs.scheduling_digest(base["spec"])

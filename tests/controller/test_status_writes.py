@@ -70,3 +70,17 @@ def test_progress_is_written_only_when_it_changed() -> None:
     )  # fmt: skip
     assert statuses.is_noop(current, again)
     assert not statuses.is_noop(current, _building({"stage": "convert", "percent": 60}, current))
+
+
+def test_the_job_created_write_keeps_the_quiet_window() -> None:
+    """A new generation's one write (Queued/JobCreated, Reconciling=True) says nothing about the pod:
+    the quiet window still holds back WaitingForPod/Starting, so a pod that starts at once is next
+    written as Building (5 state writes per build at most: see docs/controller.md)."""
+    created = {"phase": "Queued", "reason": jobstatus.JOB_CREATED, "observedGeneration": 1}
+    wait = reconcile.quiet_queued_wait(created, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
+    assert wait is not None and 8 < wait <= 8.2
+    waiting = {**created, "reason": "WaitingForBuildSlot"}
+    assert (
+        reconcile.quiet_queued_wait(waiting, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
+        is None
+    )
