@@ -1,6 +1,7 @@
 """Controller benchmarks on the devcluster: apply->Job latency, writes per build, memory.
 
     .venv/bin/python bench/controller_bench.py [--single 20] [--burst 500] [--objects 2000] [--repeat 3]
+    .venv/bin/python bench/controller_bench.py --fleet 10000 --fleet-namespaces 20 --fleet-only
 
 Each run brings up its own devcluster (binaries must be built: hack/build-tools.sh) with kwok GPU
 nodes, runs the operator as a subprocess (bench/counting_operator.py: `python -m pitcrew` with its
@@ -15,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +125,17 @@ class Run:
     rss_peak: float = 0.0
     rss_settled: float = 0.0
     rss_restart: float = 0.0
+    # --fleet: N cache-hit EngineBuilds over M namespaces, and an operator restart with all of them.
+    fleet: int = 0
+    fleet_applied_s: float = 0.0
+    fleet_converged_s: float = 0.0
+    fleet_rss_peak: float = 0.0
+    fleet_rss_settled: float = 0.0
+    restart_listed_s: float = 0.0
+    restart_idle_s: float = 0.0
+    restart_rss_peak: float = 0.0
+    restart_rss_settled: float = 0.0
+    restart_writes: float = 0.0
 
 
 def phase(client: Any, ns: str, name: str) -> str | None:
@@ -157,7 +171,113 @@ def parse_args() -> argparse.Namespace:
         default="2",
         help="MALLOC_ARENA_MAX of the operator, as helm/pitcrew sets it ('' leaves glibc's default)",
     )
+    ap.add_argument("--fleet", type=int, default=0, help="also: this many EngineBuilds, then a restart")
+    ap.add_argument("--fleet-namespaces", type=int, default=20)
+    ap.add_argument("--fleet-only", action="store_true", help="only the --fleet measurement")
     return ap.parse_args()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def succeeded_metric(port: int) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith('pitcrew_builds{phase="Succeeded"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def run_fleet(args: argparse.Namespace) -> Run:
+    """N EngineBuilds (cache hits of one published engine) over M namespaces: time until all are
+    Succeeded and the operator's memory; then a restart: time until the operator has listed them all
+    (pitcrew_builds) and gone idle (resume handlers done: under 5 % of a core for 3 s), its memory,
+    and its write requests meanwhile (a restart rewrites nothing)."""
+    result = Run(fleet=args.fleet)
+    work = Path(tempfile.mkdtemp(prefix="pitcrew-fleet-"))
+    sd = work / "devcluster"
+    cluster = up(
+        UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, image_rules=[fake_builder_rule()])
+    )
+    op: Operator | None = None
+    try:
+        install(cluster)
+        assert cluster.s3 is not None
+        bucket = cluster.s3.bucket
+        cluster.s3_client().put_object(Bucket=bucket, Key="ckpt/tiny/config.json", Body=b"{}")
+        count_file = work / "counts.json"
+        op = Operator(
+            cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
+            PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
+            PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
+            PITCREW_TENANT_POLICY=json.dumps(BENCH_POLICY),
+            **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
+        ).start()  # fmt: skip
+        client = cluster.client()
+        spaces = [new_namespace(cluster, "fleet") for _ in range(args.fleet_namespaces)]
+        out = {"output.uri": f"s3://{bucket}/engines/fleet"}  # one engine for all: cache hits
+
+        def body(i: int) -> tuple[str, dict[str, Any]]:
+            ns = spaces[i % len(spaces)]
+            return ns, engine_build(cluster, f"f{i}", ns, **out)
+
+        ns0, first = body(0)
+        client.create(f"{EB_API}/namespaces/{ns0}/enginebuilds", first)
+        wait_for("f0", lambda: phase(client, ns0, "f0") == "Succeeded", timeout=300, op=op)
+
+        def create(i: int) -> None:
+            ns, b = body(i)
+            client.create(f"{EB_API}/namespaces/{ns}/enginebuilds", b)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(1, args.fleet)))
+        result.fleet_applied_s = time.monotonic() - t0
+
+        def all_done() -> bool:
+            items = client.get(f"{EB_API}/enginebuilds")["items"]
+            return bool(sum((i.get("status") or {}).get("phase") == "Succeeded" for i in items) >= args.fleet)
+
+        wait_for("the fleet", all_done, timeout=3600, interval=5, op=op)
+        result.fleet_converged_s = time.monotonic() - t0
+        result.fleet_rss_peak = op.rss_mib("VmHWM")
+        time.sleep(30)  # the poller hands freed heap back every 10 s (pitcrew.memory)
+        result.fleet_rss_settled = op.rss_mib()
+
+        op.stop()
+        t0 = time.monotonic()
+        op.start()
+        assert op.proc is not None
+        pid, listed, idle_since, last = op.proc.pid, 0.0, 0.0, (time.monotonic(), cpu_seconds(op.proc.pid))
+        deadline = t0 + 1800
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now, cpu = time.monotonic(), cpu_seconds(pid)
+            busy = (cpu - last[1]) / (now - last[0])
+            last = (now, cpu)
+            if not listed and succeeded_metric(op.metrics_port) >= args.fleet:
+                listed = now - t0
+            if listed and busy < 0.05:
+                idle_since = idle_since or now
+                if now - idle_since >= 3:
+                    break
+            else:
+                idle_since = 0.0
+        else:
+            raise RuntimeError(f"the restarted operator did not settle: {op.tail()}")
+        result.restart_listed_s, result.restart_idle_s = listed, idle_since - t0
+        result.restart_rss_peak = op.rss_mib("VmHWM")
+        result.restart_writes = sum(counts(count_file).values())
+        time.sleep(30)
+        result.restart_rss_settled = op.rss_mib()
+    finally:
+        if op is not None:
+            op.stop()
+        down(sd)
+    return result
 
 
 def run_once(args: argparse.Namespace) -> Run:
@@ -281,7 +401,40 @@ def _cells(values: list[float], fmt: str) -> str:
     return f"**{format(statistics.median(values), fmt)}** ({', '.join(format(v, fmt) for v in values)})"
 
 
+def fleet_report(args: argparse.Namespace, runs: list[Run]) -> list[str]:
+    lines = ["| Measure | median (runs) |", "|---|---|"]
+
+    def row(label: str, values: list[float], fmt: str = ".0f", unit: str = "") -> None:
+        lines.append(f"| {label} | {_cells(values, fmt)}{unit} |")
+
+    n, m = args.fleet, args.fleet_namespaces
+    row(
+        f"{n} EngineBuilds in {m} namespaces (8 client threads): applies took",
+        [r.fleet_applied_s for r in runs],
+        ".0f",
+        " s",
+    )
+    row(
+        "... all Succeeded (cache hits), s after the first apply",
+        [r.fleet_converged_s for r in runs],
+        ".0f",
+        " s",
+    )
+    row("... operator RSS peak", [r.fleet_rss_peak for r in runs], unit=" MiB")
+    row("... 30 s after all Succeeded", [r.fleet_rss_settled for r in runs], unit=" MiB")
+    row(
+        "restart: all listed (pitcrew_builds), s after start", [r.restart_listed_s for r in runs], ".0f", " s"
+    )
+    row("restart: converged (resumes done, operator idle)", [r.restart_idle_s for r in runs], ".0f", " s")
+    row("restart: RSS peak", [r.restart_rss_peak for r in runs], unit=" MiB")
+    row("restart: RSS 30 s after converging", [r.restart_rss_settled for r in runs], unit=" MiB")
+    row("restart: write requests until converged", [r.restart_writes for r in runs], ".0f")
+    return lines
+
+
 def report(args: argparse.Namespace, runs: list[Run]) -> str:
+    if args.fleet_only:
+        return "\n".join(fleet_report(args, runs))
     lines = [
         f"Median of {len(runs)} runs (each run's value in brackets, in run order); each run is a fresh "
         "devcluster and operator.\n",
@@ -313,6 +466,9 @@ def report(args: argparse.Namespace, runs: list[Run]) -> str:
     lines.append("| Request | per build |\n|---|---|")
     for k in sorted({k for r in runs for k in r.writes}):
         lines.append(f"| `{k}` | {statistics.median([r.writes.get(k, 0.0) for r in runs]):.1f} |")
+    if args.fleet:
+        lines.append("")
+        lines += fleet_report(args, runs)
     return "\n".join(lines)
 
 
@@ -321,7 +477,13 @@ def main() -> int:
     runs: list[Run] = []
     for i in range(args.repeat):
         t = time.monotonic()
-        runs.append(run_once(args))
+        run = Run() if args.fleet_only else run_once(args)
+        if args.fleet:
+            fleet = run_fleet(args)
+            run.__dict__.update(
+                {k: v for k, v in fleet.__dict__.items() if k.startswith(("fleet", "restart"))}
+            )
+        runs.append(run)
         print(f"run {i + 1}/{args.repeat} done in {time.monotonic() - t:.0f} s", file=sys.stderr)
         print(report(args, runs[-1:]), file=sys.stderr)
     print(report(args, runs))
