@@ -1,12 +1,13 @@
 """Real Megatron checkpoints for the tests: megatron_save.py run by megatron-core in .venv-megatron.
 
-``save_all`` launches one run per parallel layout (tp1: 1 process, tp2 and pp2: 2 processes over
-gloo), all at once; each run saves every model of ``MODELS`` in the legacy (``torch``) and the
-``torch_dist`` format and records Megatron's own logits.
+``save_all`` launches one run per parallel layout (tp1: 1 process, tp2 and pp2: 2 processes,
+tp2pp2: 4 processes, over gloo), all at once; each run saves every model of ``MODELS`` in the
+legacy (``torch``) and the ``torch_dist`` format and records Megatron's own logits.
 
-Megatron takes minutes to import and save on a loaded 2-core machine, so the result is kept in
-``$PITCREW_CACHE_DIR/megatron-fixtures/<key>``, the key hashing megatron_save.py, this file and the
-installed megatron-core and torch versions: any change to how the checkpoints are made makes new ones.
+Megatron takes minutes to import and save on a loaded 2-core machine, so each layout's result is
+kept in ``$PITCREW_CACHE_DIR/megatron-fixtures/<layout>-<key>``, the key hashing megatron_save.py,
+the layout, the models and the installed megatron-core and torch versions: any change to how a
+layout's checkpoints are made makes new ones, and adding a layout saves only that layout.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 MEGATRON_PY = REPO / ".venv-megatron" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("megatron_save.py")
 MODELS = ("gpt", "llama", "llama_interp", "gpt_erf")
-LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2), "tp2pp2": (2, 2)}
 FORMATS = ("torch", "torch_dist")  # legacy mp_rank_XX[_YYY] files, and dist_checkpointing
 VOCAB = 101
 
@@ -54,46 +55,64 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cache_key() -> str:
-    h = hashlib.sha256()
-    for f in (SCRIPT, Path(__file__)):
-        h.update(f.read_bytes())
+def _versions() -> bytes:
     site = sorted((REPO / ".venv-megatron" / "lib").glob("python*/site-packages"))
-    for dist in sorted(p.name for d in site for p in d.glob("*.dist-info")):
-        if dist.startswith(("megatron_core-", "torch-")):
-            h.update(dist.encode())
-    return h.hexdigest()[:16]
+    dists = sorted(p.name for d in site for p in d.glob("*.dist-info"))
+    return "\n".join(d for d in dists if d.startswith(("megatron_core-", "torch-"))).encode()
+
+
+def _cache_name(layout: str) -> str:
+    """``<layout>-<key>``: the key covers everything that decides what this layout's run saves."""
+    h = hashlib.sha256(SCRIPT.read_bytes())
+    h.update(f"{layout}={LAYOUTS[layout]};{','.join(MODELS)}\n".encode())
+    h.update(_versions())
+    return f"{layout}-{h.hexdigest()[:16]}"
+
+
+# Entries unused this long are pruned; younger ones may belong to another worktree's session.
+STALE_SECONDS = 3 * 24 * 3600
 
 
 def saved_checkpoints(tmp: Path) -> dict[tuple[str, str], Saved]:
-    """``save_all``'s result, from the cache when the same code and versions made it before."""
+    """``save_all``'s result, each layout from the cache when the same code and versions made it."""
     if not MEGATRON_PY.is_file():
         pytest.fail(f"{MEGATRON_PY} is missing: run `make megatron-venv` (megatron-core needs Python 3.12)")
     base = Path(os.environ.get("PITCREW_CACHE_DIR", Path.home() / ".cache" / "pitcrew"))
     cache = base / "megatron-fixtures"
-    done = cache / _cache_key()
     cache.mkdir(parents=True, exist_ok=True)
+    done = {layout: cache / _cache_name(layout) for layout in LAYOUTS}
     with (cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent session waits for the same checkpoints
-        if not (done / ".complete").is_file():
+        missing = [layout for layout, d in done.items() if not (d / ".complete").is_file()]
+        if missing:
             fresh = tmp / "fresh"
             fresh.mkdir()
-            save_all(fresh)
-            (fresh / ".complete").touch()
-            staging = cache / f".{done.name}.{os.getpid()}"
-            shutil.copytree(fresh, staging)
-            shutil.rmtree(done, ignore_errors=True)
-            os.replace(staging, done)
-            for old in cache.iterdir():  # checkpoints of older code or versions are never used again
-                if old.is_dir() and old != done:
-                    shutil.rmtree(old, ignore_errors=True)
-    return {(m, layout): Saved(done / layout / m) for m in MODELS for layout in LAYOUTS}
+            save_all(fresh, layouts=missing)
+            for layout in missing:
+                (fresh / layout / ".complete").touch()
+                staging = cache / f".{done[layout].name}.{os.getpid()}"
+                shutil.copytree(fresh / layout, staging)
+                shutil.rmtree(done[layout], ignore_errors=True)
+                os.replace(staging, done[layout])
+        now = time.time()
+        for d in done.values():
+            os.utime(d / ".complete", (now, now))  # marks the entry as in use
+        for old in cache.iterdir():
+            complete = old / ".complete"
+            stale = not complete.is_file() or now - complete.stat().st_mtime > STALE_SECONDS
+            if old.is_dir() and old not in done.values() and stale:
+                shutil.rmtree(old, ignore_errors=True)
+    return {(m, layout): Saved(done[layout] / m) for m in MODELS for layout in LAYOUTS}
 
 
-def save_all(out: Path, models: tuple[str, ...] = MODELS) -> dict[tuple[str, str], Saved]:
-    """Run Megatron for every layout of LAYOUTS; returns {(model, layout): Saved}."""
+def save_all(
+    out: Path, models: tuple[str, ...] = MODELS, layouts: list[str] | None = None
+) -> dict[tuple[str, str], Saved]:
+    """Run Megatron for the given layouts of LAYOUTS (all by default); returns {(model, layout): Saved}."""
+    layouts = list(LAYOUTS) if layouts is None else layouts
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-    for layout, (tp, pp) in LAYOUTS.items():
+    for layout in layouts:
+        tp, pp = LAYOUTS[layout]
         port = _free_port()
         for rank in range(tp * pp):
             log = out / f"{layout}.rank{rank}.log"
@@ -128,4 +147,4 @@ def save_all(out: Path, models: tuple[str, ...] = MODELS) -> dict[tuple[str, str
                 proc.wait()
     if failed:
         raise RuntimeError("Megatron could not save the test checkpoints:\n" + "\n".join(failed))
-    return {(m, layout): Saved(out / layout / m) for m in models for layout in LAYOUTS}
+    return {(m, layout): Saved(out / layout / m) for m in models for layout in layouts}

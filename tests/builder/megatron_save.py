@@ -100,17 +100,18 @@ def _argv(model: str, tp: int, pp: int, save: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _randomise(model: torch.nn.Module, tp_rank: int) -> None:
+def _randomise(model: torch.nn.Module, tp_rank: int, pp_rank: int) -> None:
     """Norm weights start at 1 and biases at 0: make them random so mapping mistakes show.
 
     Replicated parameters get the same values on every TP rank, sharded ones differ per rank.
+    Stages number their layers from 0: the stage is in the seed so that each layer differs.
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not ("norm" in name or name.endswith("bias")):
                 continue
             sharded = bool(getattr(p, "tensor_model_parallel", False))
-            seed = zlib.crc32(name.encode()) + (1000 * tp_rank if sharded else 0)
+            seed = zlib.crc32(name.encode()) + (1000 * tp_rank if sharded else 0) + 100_000 * pp_rank
             g = torch.Generator().manual_seed(seed)
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
@@ -140,7 +141,11 @@ def save_model(out: str, model_name: str, tp: int, pp: int) -> None:
         rope_scaling_factor=args.rope_scaling_factor,
         seq_len_interpolation_factor=args.rotary_seq_len_interpolation_factor,
     )
-    _randomise(model, parallel_state.get_tensor_model_parallel_rank())
+    _randomise(
+        model,
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_rank(),
+    )
     if model.share_embeddings_and_output_weights and pp > 1:
         # Megatron copies the first stage's embedding to the last stage's output layer.
         weight = model.shared_embedding_or_output_weight()

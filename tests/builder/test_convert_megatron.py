@@ -1,11 +1,12 @@
 """Megatron-core layouts that megatron-core on this machine cannot write -> TRT-LLM checkpoint.
 
-Checkpoints Megatron itself writes (legacy and torch_dist, tp1/tp2/pp2, GPT and LLaMA-style) are
-tested in test_convert_megatron_real.py against Megatron's own logits. The hand-written writer in
-tiny_models.py stays only for what megatron-core cannot produce here, checked against Hugging
-Face's forward pass:
+Checkpoints Megatron itself writes (legacy and torch_dist, tp1/tp2/pp2/tp2 x pp2, GPT and
+LLaMA-style) are tested in test_convert_megatron_real.py against Megatron's own logits. The
+hand-written writer in tiny_models.py stays only for what megatron-core cannot produce here, checked
+against Hugging Face's forward pass (its legacy tp2 x pp2 copy is the baseline the torch_dist
+variants below are compared with):
 
-- tp2 x pp2 (4 processes; too slow for 2 cores) and unstacked torch_dist tensors;
+- unstacked torch_dist tensors;
 - torch_dist with ``common.pt`` (megatron-core <= 0.18 wrote one; 0.19 does not);
 - Transformer Engine's fused norm names (``linear_qkv.layer_norm_weight``) and zero-centred gamma
   (``apply_layernorm_1p``): both need Transformer Engine or Apex, which do not run on a CPU;

@@ -3,8 +3,9 @@
 megatron_save.py builds tiny GPT (LayerNorm, learned positions, GELU, biases, tied embeddings) and
 LLaMA-style (GQA, SwiGLU, RMSNorm, rope, untied) models from a pretrain_gpt command line, saves
 them with Megatron's own ``save_checkpoint`` in the legacy (mp_rank_XX[_YYY]) and the torch_dist
-format at tp1, tp2 and pp2, and records Megatron's own forward logits. Pitcrew's conversion must
-reproduce those logits (evaluated by the TRT-LLM-semantics reference model).
+format at tp1, tp2, pp2 and tp2 x pp2, and records Megatron's own forward logits. Pitcrew's
+conversion, as a library call and through the builder CLI, must reproduce those logits (evaluated
+by the TRT-LLM-semantics reference model).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from builder_plans import make_plan
-from builder_run import run_builder
+from builder_run import Run, run_builder
 from megatron_real import FORMATS, LAYOUTS, MODELS, VOCAB, Saved
 from safetensors.torch import load_file, save_file
 
 from pitcrew.api.v1alpha1 import SourceFormat
-from pitcrew_builder.checkpoint import CheckpointError
+from pitcrew_builder.checkpoint import CheckpointError, read_config
 from pitcrew_builder.convert import convert
 from pitcrew_builder.convert.megatron import open_megatron
 from pitcrew_builder.convert.trtllm import load_full_weights
@@ -74,7 +75,7 @@ def test_converts_what_megatron_saved(
     else:
         _close_to_megatron(got, want_logits)
     # Facts from Megatron's saved args, not from any override.
-    assert config.vocab_size == (104 if layout != "tp2" else 112)  # padded to 8 x tp
+    assert config.vocab_size == (104 if LAYOUTS[layout][0] == 1 else 112)  # padded to 8 x tp
     if model.startswith("gpt"):
         assert config.architecture == "GPTForCausalLM" and config.hidden_act == "gelu"
         assert config.position_embedding_type == "learned_absolute" and config.mlp_bias
@@ -93,6 +94,8 @@ def test_converts_what_megatron_saved(
         ("llama", "tp2", "torch", 2, 2),
         ("gpt", "pp2", "torch_dist", 2, 1),
         ("llama", "pp2", "torch_dist", 1, 2),
+        ("llama", "tp2pp2", "torch", 1, 2),
+        ("gpt", "tp2pp2", "torch_dist", 2, 1),
     ],
 )
 def test_resharded_to_another_layout(
@@ -115,25 +118,54 @@ def test_both_formats_give_identical_weights(megatron_saved: Saved_, tmp_path: P
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize(("model", "layout"), [("llama_interp", "tp2")])
-def test_cli_builds_a_megatron_torch_dist_checkpoint_and_validates_its_logits(
-    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str
-) -> None:
-    """The builder CLI, as the Job runs it: fetch, convert, validate (logits vs. MegatronForward), publish."""
-    src = megatron_saved[(model, layout)].checkpoint("torch_dist")
+def _run_cli(src: Path, tmp_path: Path, tp: int, pp: int) -> tuple[Run, Path]:
+    """The builder CLI as the Job runs it (fetch, convert, validate, publish) to a pvc:// output."""
     plan = make_plan(
         source_uri=src.as_uri(),
         output_uri="pvc://out/engines",
         backend="checkpoint",
         source_format="megatron",
         dtype="float32",
-        tp=2,
+        tp=tp,
+        pp=pp,
     )
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plan.model_dump_json(by_alias=True))
-    run = run_builder(
-        plan_file, tmp_path / "work", tmp_path / "term.json", {"PITCREW_PVC_ROOT": str(tmp_path / "pvc")}
-    )
+    pvc = tmp_path / "pvc"
+    run = run_builder(plan_file, tmp_path / "work", tmp_path / "term.json", {"PITCREW_PVC_ROOT": str(pvc)})
+    return run, pvc / "out" / "engines" / plan.cache_key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("model", ["gpt", "llama"])
+def test_cli_converts_what_megatron_saved(
+    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str, fmt: str
+) -> None:
+    """Every saved layout and format through the CLI, the engine at the training layout: the
+    published checkpoint gives Megatron's own logits, and the validate stage passed."""
+    saved = megatron_saved[(model, layout)]
+    tp, pp = LAYOUTS[layout]
+    run, published = _run_cli(saved.checkpoint(fmt), tmp_path, tp, pp)
+    assert run.code == 0, run.stderr[-2000:]
+    [check] = run.find("validate", "logits-check")
+    assert check["status"] == "passed" and check["max_abs_diff"] < 1e-4, check
+    config = read_config(published)
+    assert (config.mapping.tp_size, config.mapping.pp_size) == (tp, pp)
+    assert sorted(f.name for f in published.glob("rank*.safetensors")) == [
+        f"rank{r}.safetensors" for r in range(tp * pp)
+    ]
+    ids, want = saved.reference()
+    _close_to_megatron(_logits(published, ids), want)
+
+
+@pytest.mark.parametrize(("model", "layout"), [("llama_interp", "tp2")])
+def test_cli_builds_a_megatron_torch_dist_checkpoint_and_validates_its_logits(
+    megatron_saved: Saved_, tmp_path: Path, model: str, layout: str
+) -> None:
+    """The builder CLI, as the Job runs it: fetch, convert, validate (logits vs. MegatronForward), publish."""
+    run, _ = _run_cli(megatron_saved[(model, layout)].checkpoint("torch_dist"), tmp_path, 2, 1)
     assert run.code == 0, run.stderr[-2000:]
     check = run.find("validate", "logits-check")[0]
     assert check["status"] == "passed", check
