@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from pitcrew.api.v1alpha1 import SourceFormat
 from pitcrew_builder.checkpoint import CheckpointError, read_config
 from pitcrew_builder.convert import convert
 from pitcrew_builder.convert.megatron import open_megatron
+from pitcrew_builder.convert.torch_load import load_pt
 from pitcrew_builder.convert.trtllm import load_full_weights
 from pitcrew_builder.model.megatron_reference import MegatronForward
 from pitcrew_builder.model.reference import ReferenceModel
@@ -198,6 +200,31 @@ def test_validation_reference_is_megatron_and_catches_a_wrong_conversion(
     tensors[name] = torch.cat([q, v, k]).contiguous()
     save_file(tensors, path)
     assert check_logits(src, tmp_path / "bad", config, SourceFormat.MEGATRON).status == "failed"
+
+
+def test_legacy_reader_loads_each_rank_file_once_when_opened(
+    megatron_saved: Saved_, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first rank's file gives the saved args and the first stage's tensors: one load, not two."""
+    from pitcrew_builder.convert import megatron_readers
+
+    loaded: list[Path] = []
+
+    def counting_load_pt(path: Path, **kw: Any) -> Any:
+        loaded.append(path)
+        return load_pt(path, **kw)
+
+    monkeypatch.setattr(megatron_readers, "load_pt", counting_load_pt)
+    src = megatron_saved[("llama", "tp2pp2")].checkpoint("torch") / "iter_0000010"
+    reader = megatron_readers.LegacyReader(src)
+    assert (reader.tp, reader.pp, reader.num_layers) == (2, 2, 2)
+    assert sorted(p.parent.name for p in loaded) == [
+        "mp_rank_00_000",
+        "mp_rank_00_001",
+        "mp_rank_01_000",
+        "mp_rank_01_001",
+    ]
+    assert reader.get("decoder.layers.1.self_attention.linear_qkv.weight") is not None
 
 
 # ---- bad input: damaged copies of what Megatron saved ------------------------------------------

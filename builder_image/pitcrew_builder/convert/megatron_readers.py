@@ -102,7 +102,10 @@ class LegacyReader(MegatronReader):
         if not ranks:
             raise CheckpointError(f"{ckpt_dir} has no mp_rank_* directories")
         # The saved args say how many ranks there must be: a missing one is named, not guessed around.
-        self.args = self._args_of(ranks[min(ranks)])
+        # The first rank's file, loaded for them, is kept for the first stage instead of loaded again.
+        first = min(ranks)
+        self._loaded: dict[tuple[int, int], Any] = {first: load_pt(ranks[first])}
+        self.args = self._args_of(self._loaded[first], ranks[first])
         found_tp, found_pp = max(t for t, _ in ranks) + 1, max(p for _, p in ranks) + 1
         self.tp = int(self.args.get("tensor_model_parallel_size") or found_tp)
         self.pp = int(self.args.get("pipeline_model_parallel_size") or found_pp)
@@ -140,8 +143,7 @@ class LegacyReader(MegatronReader):
         self.swiglu = bool(self.args.get("swiglu", False))
 
     @staticmethod
-    def _args_of(path: Path) -> dict[str, Any]:
-        blob = load_pt(path)
+    def _args_of(blob: Any, path: Path) -> dict[str, Any]:
         if isinstance(blob, dict) and blob.get("args") is not None:
             return args_dict(blob["args"], str(path))
         return {}
@@ -153,7 +155,7 @@ class LegacyReader(MegatronReader):
         row, extras = [], []
         for t in range(self.tp):
             path = self.files[(t, p)]
-            blob = load_pt(path)
+            blob = self._loaded.pop((t, p)) if (t, p) in self._loaded else load_pt(path)
             if not isinstance(blob, dict):
                 raise CheckpointError(f"{path} does not hold a dict")
             if "model" not in blob:
