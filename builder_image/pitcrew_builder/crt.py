@@ -12,10 +12,12 @@ Settings (env, read once per client):
 - PITCREW_S3_UPLOAD_CRC32 (default off): a CRC32 trailer on every uploaded part.
 - PITCREW_S3_CRT_THROUGHPUT_GBPS (default 10): the CRT sizes its connection pool from it.
 - PITCREW_S3_CRT_MEMORY_LIMIT (bytes, default 1 GiB, the CRT's minimum): cap of its part buffers.
+- PITCREW_S3_CRT_THREADS (default max(8, CPUs); 0 = one per CPU): the CRT's event-loop threads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -61,6 +63,10 @@ class CrtSettings:
     upload_crc32: bool = False
     throughput_gbps: float = 10.0
     memory_limit: int = 1024 * MiB
+    # Event-loop threads (the CRT's default is one per CPU). A loop thread also runs the Python body
+    # callback and its O_DIRECT write, during which its connections are not read: with more loops than
+    # cores the others keep the sockets drained (docs/benchmarks.md, measured on 2 cores).
+    event_loop_threads: int = max(8, os.cpu_count() or 1)
 
     @classmethod
     def from_env(cls) -> CrtSettings:
@@ -70,6 +76,7 @@ class CrtSettings:
             upload_crc32=os.environ.get("PITCREW_S3_UPLOAD_CRC32", "") not in ("", "0", "false"),
             throughput_gbps=float(os.environ.get("PITCREW_S3_CRT_THROUGHPUT_GBPS", cls.throughput_gbps)),
             memory_limit=int(os.environ.get("PITCREW_S3_CRT_MEMORY_LIMIT", cls.memory_limit)),
+            event_loop_threads=int(os.environ.get("PITCREW_S3_CRT_THREADS", cls.event_loop_threads)),
         )
 
 
@@ -114,40 +121,66 @@ def describe_crt(exc: BaseException) -> str:
 
 
 ALIGN = 4096
-# Page-aligned buffers for O_DIRECT writes, reused (the CRT's event-loop threads are not Python
-# threads, so a thread-local would be gone after each callback; fresh buffers cost page faults).
-_free: list[mmap.mmap] = []
+
+
+class Bounce:
+    """A page-aligned buffer for O_DIRECT writes and its address (for a copy without the GIL)."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = mmap.mmap(-1, size)
+        self._anchor = ctypes.c_char.from_buffer(self.buf)  # pins the mapping while we use its address
+        self.address = ctypes.addressof(self._anchor)
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def close(self) -> None:
+        del self._anchor
+        self.buf.close()
+
+
+# Reused (the CRT's event-loop threads are not Python threads, so a thread-local would be gone after
+# each callback; fresh buffers cost page faults).
+_free: list[Bounce] = []
 _free_lock = threading.Lock()
 
 
-def _take_buffer(size: int) -> mmap.mmap:
+def _take_buffer(size: int) -> Bounce:
     with _free_lock:
         for i, buf in enumerate(_free):
             if len(buf) >= size:
                 return _free.pop(i)
-    return mmap.mmap(-1, max(size, 8 * MiB))
+    return Bounce(max(size, 8 * MiB))
 
 
-def _give_buffer(buf: mmap.mmap) -> None:
+def _give_buffer(buf: Bounce) -> None:
     with _free_lock:
-        if len(_free) < 8:
+        if len(_free) < 16:
             _free.append(buf)
             return
     buf.close()
 
 
-def write_chunk(fd: int, direct_fd: int | None, data: memoryview, offset: int) -> None:
+def write_chunk(fd: int, direct_fd: int | None, data: bytes | memoryview, offset: int) -> None:
     """Write a received chunk at its offset: through `direct_fd` (O_DIRECT: no page-cache copy and
     writeback, measured ~5x less kernel time) when offset and length are block-aligned, else `fd`."""
-    view = data.cast("B") if data.format != "B" else data
-    if direct_fd is not None and offset % ALIGN == 0 and len(view) % ALIGN == 0 and len(view):
-        buf = _take_buffer(len(view))
+    view = memoryview(data).cast("B")
+    n = len(view)
+    if direct_fd is not None and offset % ALIGN == 0 and n % ALIGN == 0 and n:
+        buf = _take_buffer(n)
         try:
-            with memoryview(buf) as whole, whole[: len(view)] as bounce:
-                bounce[:] = view
+            if isinstance(data, bytes):
+                # ctypes releases the GIL for the copy: the CRT's other event-loop threads keep
+                # delivering (and awscrt's own copy of each chunk into `data` holds it already).
+                ctypes.memmove(buf.address, data, n)
+            else:
+                with memoryview(buf.buf) as whole, whole[:n] as bounce:
+                    bounce[:] = view
+            with memoryview(buf.buf) as whole:
                 pos = 0
-                while pos < len(view):
-                    pos += os.pwrite(direct_fd, bounce[pos:], offset + pos)
+                while pos < n:
+                    with whole[pos:n] as rest:
+                        pos += os.pwrite(direct_fd, rest, offset + pos)
         finally:
             _give_buffer(buf)
         return
@@ -195,7 +228,7 @@ class CrtTransfer:
         self.settings = settings or CrtSettings.from_env()
         self.endpoint = endpoint
         self.region = region_name
-        elg = EventLoopGroup()
+        elg = EventLoopGroup(max(self.settings.event_loop_threads, 0))
         self._bootstrap = ClientBootstrap(elg, DefaultHostResolver(elg))
         if credentials:
             provider = AwsCredentialsProvider.new_static(
@@ -256,9 +289,9 @@ class CrtTransfer:
                 raise ValueError("get needs recv_filepath or fd")
             target_fd = fd
 
-            def on_body(chunk: memoryview, offset: int, **_: Any) -> None:
+            def on_body(chunk: bytes, offset: int, **_: Any) -> None:
                 # `offset` is the chunk's offset in the object (also for a ranged GET): the file's.
-                write_chunk(target_fd, direct_fd, memoryview(chunk), offset)
+                write_chunk(target_fd, direct_fd, chunk, offset)
 
         def on_progress(progress_bytes: int, **_: Any) -> None:
             if progress:

@@ -20,6 +20,7 @@ from pitcrew_builder.stages.fetch import (
     PartState,
     RemoteObject,
     checksum_to_verify,
+    head_can_help,
     part_ranges,
     plan_fetch,
     relative_name,
@@ -81,6 +82,20 @@ def test_checksum_to_verify_prefers_full_object_sha256() -> None:
     assert checksum_to_verify({"ETag": '"0123456789abcdef0123456789abcdef-3"'}) is None  # multipart
     assert checksum_to_verify({"ChecksumSHA256": sha_b64 + "-2", "ETag": '"x-2"'}) is None  # composite
     assert checksum_to_verify({"ETag": f'"{md5}"', "ServerSideEncryption": "aws:kms"}) is None
+
+
+@pytest.mark.parametrize(
+    ("etag", "head"),
+    [
+        ("0cc175b9c0f1b6a831c399e269772661", True),  # single part: MD5, maybe a full-object SHA-256
+        ("d41d8cd98f00b204e9800998ecf8427e-12", False),  # multipart: neither, so no HEAD
+        ("", True),  # unknown: ask
+    ],
+)
+def test_head_only_where_it_can_offer_a_checksum(etag: str, head: bool) -> None:
+    assert head_can_help(etag) is head
+    if not head:  # whatever such an object's HEAD says, nothing in it is checked
+        assert checksum_to_verify({"ETag": f'"{etag}"', "ChecksumSHA256": "abc=-12"}) is None
 
 
 def test_progress_percent_and_throttle() -> None:
@@ -232,3 +247,18 @@ def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     opts = Options.from_env(None)
     assert opts.work_root == Path("/scratch2") and opts.settings.concurrency == 3
     assert Options.from_env("/w").work_root == Path("/w")
+
+
+def test_s3_clients_share_the_model_loader_not_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitcrew.api.plan import CREDENTIAL_ENV
+    from pitcrew_builder.s3 import TransferSettings, make_client
+
+    for role, key in (("source", "src-key"), ("output", "out-key")):
+        monkeypatch.setenv(CREDENTIAL_ENV[role][0], key)
+        monkeypatch.setenv(CREDENTIAL_ENV[role][1], key + "-secret")
+    source = make_client("source", "http://127.0.0.1:9", TransferSettings())
+    output = make_client("output", "http://127.0.0.1:9", TransferSettings())
+    assert source._request_signer._credentials.access_key == "src-key"
+    assert output._request_signer._credentials.access_key == "out-key"
+    loaders = {id(c._loader) for c in (source, output)}
+    assert len(loaders) == 1  # the S3 model is parsed once per process

@@ -156,6 +156,13 @@ def full_object_sha256(head: dict[str, Any]) -> str | None:
     return None
 
 
+def head_can_help(etag: str) -> bool:
+    """Whether a HEAD can offer a checksum we verify (full-object SHA-256, or an ETag that is the MD5):
+    only for single-part objects. A multipart upload's ETag ("<md5 of md5s>-<parts>") is no MD5 and
+    its SHA-256 is composite (S3 keeps full-object checksums of multipart uploads only for CRCs)."""
+    return "-" not in etag
+
+
 def checksum_to_verify(head: dict[str, Any]) -> tuple[str, str] | None:
     """(algorithm, expected hex digest) the source offers for a whole object, if any."""
     sha = full_object_sha256(head)
@@ -351,7 +358,15 @@ class S3Fetcher:
         if skip:
             log_event("fetch", "resume", files_skipped=len(skip), bytes=sum(o.size for o in skip))
         self._add_bytes(sum(o.size for o in skip))
-        heads = run_all(self._head, todo, self.settings.concurrency)
+        need_head = [o for o in todo if head_can_help(o.etag)]
+        fetched = dict(
+            zip(
+                (o.key for o in need_head),
+                run_all(self._head, need_head, self.settings.concurrency),
+                strict=True,
+            )
+        )
+        heads = [fetched.get(o.key, {}) for o in todo]
         # Whole files first (configs and tokenizers are small and done at once), then the ranged parts
         # of the large ones; all share the `concurrency` slots.
         large = []
