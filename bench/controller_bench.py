@@ -258,9 +258,7 @@ def run_fleet(args: argparse.Namespace) -> Run:
         result.fleet_converged_s = time.monotonic() - t0
         done, cont = 0, ""
         while True:
-            page = client.get(
-                f"{EB_API}/enginebuilds", params={"limit": 500, **({"continue": cont} if cont else {})}
-            )
+            page = client.get(f"{EB_API}/enginebuilds", limit=500, **({"continue": cont} if cont else {}))
             done += sum((i.get("status") or {}).get("phase") == "Succeeded" for i in page["items"])
             cont = page["metadata"].get("continue") or ""
             if not cont:
