@@ -50,11 +50,13 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-demo: venv tools
+# The demo's node is a real kubelet on containerd: node-deps installs its Debian packages (root).
+demo: venv tools node-deps
 	bash hack/demo.sh
 
+# Stops the kubelet, the pods' containers, containerd, the control plane and MinIO; unmounts and
+# removes the node's mounts, network namespaces and bridge. Images and S3 data are kept.
 down:
-	@pid=$${PITCREW_STATE_DIR:-.pitcrew/devcluster}/operator.pid; if [ -f $$pid ]; then kill $$(cat $$pid) 2>/dev/null || true; rm -f $$pid; fi
 	@if [ -x $(PY) ]; then $(PY) -m pitcrew_devcluster down; else echo "nothing to stop"; fi
 
 test: venv megatron-venv tools node-deps lint

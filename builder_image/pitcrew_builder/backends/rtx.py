@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -141,9 +142,27 @@ class RtxBackend:
         )
 
 
+# torch.onnx's dynamo exporter needs torch >= 2.7 for this model: torch 2.6 (Debian's CPU-only build,
+# in the image hack/build-images.sh makes) fails to decompose aten.linear with symbolic shapes
+# ("Cannot call numel() on tensor with symbolic sizes/strides"), and only after retrying three more
+# capture strategies (minutes on 2 cores). 2.15 works; versions in between were not tried.
+DYNAMO_EXPORT_MIN_TORCH = (2, 7)
+
+
+def use_dynamo_export(torch_version: str) -> bool:
+    """Whether to export with the dynamo exporter (else TorchScript) for this torch version."""
+    m = re.match(r"(\d+)\.(\d+)", torch_version)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= DYNAMO_EXPORT_MIN_TORCH
+
+
 def export_onnx(model: Any, path: Path, profile: Profile) -> None:
     import torch
 
+    if not use_dynamo_export(torch.__version__):
+        log_event("compile", "torchscript-export", torch=torch.__version__)
+        with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+            _export_torchscript(torch, model, path)
+        return
     # Example sizes of 2 and 8, never 1: torch.export would specialise a dimension of size 1. The
     # export bounds only need to cover the profile, which TensorRT then enforces.
     example = torch.zeros((2, 8), dtype=torch.int64)
@@ -164,16 +183,21 @@ def export_onnx(model: Any, path: Path, profile: Profile) -> None:
             )
         except Exception as exc:  # fall back to the TorchScript exporter
             log_event("compile", "dynamo-export-failed", level="warning", error=str(exc)[:500])
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=17,
-                dynamic_axes={INPUT_NAME: {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch", 1: "seq"}},
-            )
+            _export_torchscript(torch, model, path)
+
+
+def _export_torchscript(torch: Any, model: Any, path: Path) -> None:
+    example = torch.zeros((2, 8), dtype=torch.int64)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=17,
+        dynamic_axes={INPUT_NAME: {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch", 1: "seq"}},
+    )
 
 
 def json_logger(trt: Any) -> Any:
