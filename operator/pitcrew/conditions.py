@@ -15,7 +15,10 @@ from pitcrew.api.v1alpha1 import Phase
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
-TYPES = (READY, RECONCILING, STALLED)
+# The result of the last builder upgrade of this spec: True (rebuilt), or False with the failed
+# rebuild's reason and message (pitcrew.upgrades). Dropped by a spec change.
+UPGRADE = "BuilderUpgrade"
+TYPES = (READY, RECONCILING, STALLED, UPGRADE)
 # Reconciling's reason while a finished build is rebuilt for a new builder image. It also marks the
 # upgrade as under way for later writes (a status has no other place that survives a restart).
 BUILDER_UPGRADE = Reason.BUILDER_UPGRADE
@@ -59,6 +62,7 @@ def compute(
     existing: Iterable[Mapping[str, Any]] | None,
     now: str,
     upgrade: bool | None = None,
+    upgrade_failure: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """`upgrade`: True starts a builder upgrade, False ends one (spec change), None keeps the state.
 
@@ -69,14 +73,26 @@ def compute(
     """
     old = {c.get("type"): c for c in existing or ()}
     want = desired(phase, reason, message)
+    ending = upgrade is False
     if upgrade is None:
         upgrade = upgrading(existing)
+    if upgrade and phase.value in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        # The rebuild's result, in its own condition (pitcrew.upgrades: a failure that kept the
+        # previous engine is phase Succeeded, reason UpgradeFailed, so Ready stays True).
+        if upgrade_failure is not None:
+            want[UPGRADE] = ("False", upgrade_failure[0], upgrade_failure[1])
+        else:
+            want[UPGRADE] = ("True", reason, "rebuilt with the operator's current builder image")
+    elif not ending and UPGRADE in old:
+        last = old[UPGRADE]
+        want[UPGRADE] = (str(last.get("status")), str(last.get("reason")), str(last.get("message") or ""))
     if upgrade and phase.value not in (Phase.SUCCEEDED.value, Phase.FAILED.value):
         was_ready = (old.get(READY) or {}).get("status") == "True"
         want = {
             READY: ("True", BUILDER_UPGRADE, message) if was_ready else ("False", reason, message),
             RECONCILING: ("True", BUILDER_UPGRADE, message),
             STALLED: ("False", BUILDER_UPGRADE, ""),
+            **{k: v for k, v in want.items() if k == UPGRADE},
         }
     out: list[dict[str, Any]] = []
     for ctype, (status, why, text) in want.items():

@@ -159,6 +159,9 @@ class Observed:
     jobs: tuple[JobFacts, ...] | None = None
     manifest: ManifestCheck | None = None
     start: StartOutcome | None = None
+    # Transient Kubernetes API trouble while observing (5xx, 429, no answer), after the client's own
+    # retries: still working on it (Reconciling), retried like S3 trouble.
+    api_trouble: str | None = None
 
     @property
     def new_generation(self) -> bool:
@@ -279,6 +282,14 @@ def decide(o: Observed) -> list[Action]:
     up = o.upgrade
     marker_ = marker(o)
     pre: list[Action] = [MarkUpgrade(up.new_image)] if up is not None else []
+    if o.api_trouble is not None:
+        if o.last_attempt:
+            return pre + _fail(o, Reason.API_UNAVAILABLE, _gave_up(o, o.api_trouble))
+        return [
+            *pre,
+            Write(Phase.PENDING, Reason.API_UNAVAILABLE, o.api_trouble, upgrade=marker_),
+            Retry(o.api_trouble),
+        ]
 
     # 1. The spec: schema, validation, Secrets, the tenancy policy (no S3 call, no Job before).
     if o.spec is None:

@@ -6,17 +6,15 @@ server-side label selector (only ours), and their events feed the trimmed views 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from pitcrew import jobs, jobview, memory, metrics, reconcile, sharing
+from pitcrew import jobs, jobview, metrics, poller, reconcile, sharing
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
 from pitcrew.runtime import RT, trim_job, trim_pod
 from pitcrew.settings import Settings, SettingsError
@@ -56,14 +54,14 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.queueing.worker_limit = 64
     settings.queueing.idle_timeout = 0.5
     metrics.serve(RT.settings.metrics_port)
-    RT.poller = asyncio.get_running_loop().create_task(poller())
+    RT.timers = poller.start()
     log.info("pitcrew operator starting", extra={"settings": RT.settings.describe()})
 
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
-    if RT.poller is not None:
-        RT.poller.cancel()
+    for task in RT.timers:
+        task.cancel()
     await RT.kube.close()
 
 
@@ -128,64 +126,6 @@ def _in_flight(body: kopf.Body) -> bool:
     )
 
 
-async def poll_one(uid: str, ns: str, name: str) -> None:
-    """Safety net: progress, unschedulable grace expiry, a Job that vanished, missed events."""
-    body = await RT.kube.get(reconcile.eb_path(ns, name))
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    status = body.get("status") or {}
-    if status.get("reason") == sharing.REASON_WAITING and not any(uid in w for w in RT.waiters.values()):
-        # Waiting for a shared build nobody will wake it for (e.g. its Job went while the watch
-        # was down): look again.
-        await reconcile.run(uid, ns, name, "shared")
-        return
-    if status.get("reason") == reconcile.REASON_SECRET_MISSING and not status.get("job"):
-        # Waiting for a Secret to appear: look again (no spec change needed).
-        await reconcile.run(uid, ns, name, "secret")
-        return
-    job_name = (status.get("job") or {}).get("name")
-    if (
-        job_name
-        and status.get("phase") not in TERMINAL
-        and reconcile.current_job(uid, status) is None
-        and await RT.kube.get(reconcile.jobs_path(ns, job_name)) is None
-    ):
-        log.warning("builder Job vanished; recreating", extra={"eb": f"{ns}/{name}", "job": job_name})
-        await reconcile.run(uid, ns, name, "poll")
-        return
-    await reconcile.sync(uid, ns, name)
-
-
-async def poller() -> None:
-    last_trim = last_resync = time.monotonic()
-    while True:
-        await asyncio.sleep(RT.settings.poll_seconds)
-        if time.monotonic() - last_trim >= memory.TRIM_INTERVAL_SECONDS:
-            memory.trim_heap()
-            last_trim = time.monotonic()
-        if time.monotonic() - last_resync >= reconcile.RESYNC_SECONDS and RT.jobs_primed:
-            last_resync = time.monotonic()
-            try:
-                if await reconcile.resync_jobs():
-                    _slot_freed()
-            except Exception as e:
-                metrics.ERRORS.labels("resync").inc()
-                log.warning("job view resync failed", extra={"error": repr(e)[:300]})
-        try:
-            await reconcile.admit_queued()
-        except Exception as e:
-            metrics.ERRORS.labels("admit").inc()
-            log.warning("admitting queued builds failed", extra={"error": repr(e)[:300]})
-        for uid, (ns, name) in list(RT.in_flight.items()):
-            if uid in RT.queue:
-                continue  # no Job yet: nothing to follow (admit_queued starts it)
-            try:
-                await poll_one(uid, ns, name)
-            except Exception as e:
-                metrics.ERRORS.labels("poll").inc()
-                log.warning("poll failed", extra={"eb": f"{ns}/{name}", "error": repr(e)[:300]})
-
-
 @kopf.on.event(*EB)
 async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
     uid = body["metadata"]["uid"]
@@ -235,27 +175,18 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
         metrics.STATE.active_jobs.discard(job_uid)
         if not RT.jobs_primed:
             RT.job_tombstones.add(job_uid)
-        _slot_freed()
+        poller.slot_freed()
         reconcile.wake_waiters(trimmed)
         return
     RT.remember(RT.jobs, uid, job_name, trimmed)
     RT.note_job_image(trimmed)  # a Job run by tag@digest teaches what the tag stands for
     if finished:
         metrics.STATE.active_jobs.discard(job_uid)
-        _slot_freed()
+        poller.slot_freed()
         reconcile.wake_waiters(trimmed)
     else:
         metrics.STATE.active_jobs.add(job_uid)
     RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))
-
-
-ADMISSION = "pitcrew/admission"  # RT.schedule key of the queue's admission run (not an object uid)
-
-
-def _slot_freed() -> None:
-    """A Job finished or went: start queued builds now rather than at the next poll."""
-    if RT.queue:
-        RT.schedule(ADMISSION, reconcile.admit_queued)
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS)

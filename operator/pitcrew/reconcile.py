@@ -34,6 +34,7 @@ from pitcrew import (
     slots,
     statuses,
     tenancy,
+    upgrades,
 )
 from pitcrew.api.listing import listing_digest
 from pitcrew.api.plan import PROGRESS_FILE, Manifest, ProgressReport
@@ -46,7 +47,7 @@ from pitcrew.api.v1alpha1 import (
     EngineRecord,
     Phase,
 )
-from pitcrew.kube import Conflict, ns_path
+from pitcrew.kube import ApiError, Conflict, ns_path
 from pitcrew.runtime import RT, Obj, trim_job, trim_pod
 from pitcrew.storage import Credentials, StorageError, sha256
 from pitcrew.validation import InvalidSpec, Problem, Resolved, secret_refs, validate
@@ -232,6 +233,11 @@ async def reconcile(body: Mapping[str, Any], cause: str, *, attempt: int = 0) ->
         await _execute(_Pass(body, cause), observed)
 
 
+def transient_api_error(e: ApiError) -> bool:
+    """No answer, throttled or a server error (after the client's own retries): worth retrying."""
+    return e.status == 0 or e.status == 429 or e.status >= 500
+
+
 RETRIES = 20  # kopf handler retries (handlers.py) before transient trouble counts as a failure
 
 
@@ -240,7 +246,12 @@ async def _execute(p: _Pass, o: decide.Observed) -> None:
     while True:
         for action in decide.decide(o):
             if isinstance(action, decide.Observe):
-                o = await _observe(p, o, action.what)
+                try:
+                    o = await _observe(p, o, action.what)
+                except ApiError as e:
+                    if not transient_api_error(e):
+                        raise
+                    o = dataclasses.replace(o, api_trouble=f"the Kubernetes API did not answer: {e}"[:600])
                 break
             if action in done:
                 continue
@@ -405,7 +416,7 @@ async def _apply(p: _Pass, o: decide.Observed, action: decide.Action) -> None:
     body, ns, name, uid = p.body, p.meta["namespace"], p.meta["name"], p.meta["uid"]
     if isinstance(action, decide.Write):
         now = statuses.now_rfc3339()
-        fields = {k: (now if v == decide.NOW else v) for k, v in action.fields}
+        fields: dict[str, Any] = {k: (now if v == decide.NOW else v) for k, v in action.fields}
         patch = statuses.compose(
             o.status, phase=action.phase, reason=action.reason, message=action.message,
             generation=o.generation, now=now, upgrade=action.upgrade, **fields,
@@ -790,6 +801,13 @@ async def sync(uid: str, ns: str, name: str) -> None:
         )
         if verdict.settling:
             return  # e.g. pod Succeeded, Job not Complete yet: the Job's event follows
+        if reschedule_due(verdict, job, int(body["metadata"].get("generation") or 0)) and (
+            RT.rescheduled.get(uid) != job_name
+        ):
+            # Waiting to retry with a pod template from an older spec: the state machine replaces it
+            # if the spec's scheduling changed (pitcrew.decide: stale_scheduling). Once per Job.
+            RT.rescheduled[uid] = job_name
+            RT.schedule(f"reschedule:{uid}", _rerun(uid, ns, name, "reschedule"))
         wait = quiet_queued_wait(status, verdict, job, now, RT.quiet_queued_seconds)
         if wait is not None:
             # Coalesce Queued into Building: look again when the quiet window ends (pod events
@@ -830,9 +848,11 @@ async def sync(uid: str, ns: str, name: str) -> None:
             )
         if verdict.stop_job:
             await RT.kube.delete(jobs_path(ns, job_name), propagation="Background")
+        # A failed builder-upgrade rebuild of a Ready build keeps the previous engine (Ready=True).
+        phase, reason, message, failure = upgrades.outcome(status, phase, reason, message)
         patch = statuses.compose(
             status, phase=phase, reason=reason, message=message, generation=generation,
-            now=statuses.now_rfc3339(now), **fields,
+            now=statuses.now_rfc3339(now), upgrade_failure=failure, **fields,
         )  # fmt: skip
         if statuses.is_noop(status, patch):
             return
@@ -847,7 +867,8 @@ async def sync(uid: str, ns: str, name: str) -> None:
                 RT.schedule(uid, lambda: run(uid, ns, name, "upgrade"))
         if status.get("phase") != phase.value:
             metrics.TRANSITIONS.labels(phase.value, reason).inc()
-            _post(body, "Warning" if phase == Phase.FAILED else "Normal", reason, message)
+            warn = phase == Phase.FAILED or reason == Reason.UPGRADE_FAILED
+            _post(body, "Warning" if warn else "Normal", reason, message)
             if phase.value in statuses.TERMINAL:
                 _observe_duration(spec, phase, fields)
         log.info(
@@ -877,6 +898,16 @@ async def _list_job_pods(uid: str, ns: str, name: str, job_name: str) -> list[Ob
         RT.remember(RT.pods, uid, pod["metadata"]["name"], trimmed)
         found.append(trimmed)
     return found
+
+
+def reschedule_due(verdict: jobstatus.Verdict, job: Mapping[str, Any], generation: int) -> bool:
+    """A Job that waits to retry (no pod runs) and was made for an older generation, with a
+    scheduling digest to compare: worth a look whether the spec's scheduling changed. Pure."""
+    return (
+        verdict.reason == jobstatus.RETRYING
+        and _ann(job, jobs.ANN_SCHEDULING) is not None
+        and int(_ann(job, jobs.ANN_GENERATION) or 0) < generation
+    )
 
 
 QUIET_REASONS = frozenset({jobstatus.WAITING, jobstatus.STARTING})

@@ -120,11 +120,13 @@ class Runtime:
     # generation seen per EngineBuild uid (watch events and writes); older writes are dropped.
     write_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
+    # EngineBuild uid -> the Job a `reschedule` pass was started for (once per Job).
+    rescheduled: dict[str, str] = field(default_factory=dict)
     pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # EngineBuilds not final yet (uid -> namespace, name): the poller's work list. One loop for all,
     # instead of a kopf timer per object, because kopf puts a finalizer on objects with timers.
     in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
-    poller: asyncio.Task[None] | None = None
+    timers: list[asyncio.Task[None]] = field(default_factory=list)  # pitcrew.poller.start
     # Watch events for one build are coalesced for this long: a pod that goes Pending -> Running
     # within it costs one status write, not two.
     debounce_seconds: float = 1.0
@@ -232,6 +234,7 @@ class Runtime:
         self.locks.pop(uid, None)
         self.write_locks.pop(uid, None)
         self.generations.pop(uid, None)
+        self.rescheduled.pop(uid, None)
         task = self.pending.pop(uid, None)
         if task is not None:
             task.cancel()

@@ -25,6 +25,7 @@ def compose(
     generation: int | None,
     now: str,
     upgrade: bool | None = None,
+    upgrade_failure: tuple[str, str] | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """A merge patch for .status; fields set to None are removed (JSON merge-patch null)."""
@@ -41,6 +42,7 @@ def compose(
             existing=current.get("conditions"),
             now=now,
             upgrade=upgrade,
+            upgrade_failure=upgrade_failure,
         ),
     }
     if generation is not None:

@@ -1,4 +1,7 @@
-from pitcrew import conditions, statuses
+from typing import Any
+
+from pitcrew import conditions, statuses, upgrades
+from pitcrew.api.reasons import Reason
 from pitcrew.api.v1alpha1 import Phase
 
 
@@ -79,3 +82,66 @@ def test_status_patch_noop_detection() -> None:
     )
     assert not statuses.is_noop(current, moved)
     assert not statuses.is_noop({**current, "progress": {"stage": "x", "percent": 1}}, {"progress": None})
+
+
+def _types(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def _upgrading_from(phase: Phase, reason: str) -> dict[str, Any]:
+    before = statuses.compose(None, phase=phase, reason=reason, message="m0", generation=1, now="t1")
+    return statuses.compose(
+        before, phase=Phase.BUILDING, reason="Building", message="b", generation=1, now="t2", upgrade=True
+    )
+
+
+def test_a_failed_upgrade_keeps_the_old_engine_ready_and_reports_in_its_own_condition() -> None:
+    during = _upgrading_from(Phase.SUCCEEDED, "Succeeded")
+    phase, reason, message, failure = upgrades.outcome(during, Phase.FAILED, "OOMKilled", "ran out of memory")
+    assert (phase, reason) == (Phase.SUCCEEDED, Reason.UPGRADE_FAILED)
+    assert "ran out of memory" in message and "previous" in message
+    end = statuses.compose(
+        during, phase=phase, reason=reason, message=message, generation=1, now="t3", upgrade_failure=failure
+    )
+    c = _types(end)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("True", Reason.UPGRADE_FAILED)
+    assert c["Ready"]["lastTransitionTime"] == "t1"  # never stopped being Ready
+    assert c["Reconciling"]["status"] == "False" and c["Stalled"]["status"] == "False"
+    up = c[conditions.UPGRADE]
+    assert (up["status"], up["reason"], up["message"]) == ("False", "OOMKilled", "ran out of memory")
+    assert not conditions.upgrading(end["conditions"])
+    # Later writes keep the report; a spec change (a new engine anyway) drops it.
+    later = statuses.compose(end, phase=phase, reason=reason, message=message, generation=1, now="t4")
+    assert _types(later)[conditions.UPGRADE]["status"] == "False"
+    changed = statuses.compose(
+        end, phase=Phase.QUEUED, reason="JobCreated", message="j", generation=2, now="t5", upgrade=False
+    )
+    assert conditions.UPGRADE not in _types(changed)
+
+
+def test_a_successful_upgrade_says_so_and_a_failed_build_stays_failed() -> None:
+    during = _upgrading_from(Phase.SUCCEEDED, "Succeeded")
+    assert upgrades.outcome(during, Phase.SUCCEEDED, "Succeeded", "ok") == (
+        Phase.SUCCEEDED,
+        "Succeeded",
+        "ok",
+        None,
+    )
+    end = statuses.compose(
+        during, phase=Phase.SUCCEEDED, reason="Succeeded", message="ok", generation=1, now="t3"
+    )
+    assert _types(end)[conditions.UPGRADE]["status"] == "True"
+    # A build that had failed has no engine to keep: its failed rebuild is Failed (Stalled).
+    was_failed = _upgrading_from(Phase.FAILED, "OOMKilled")
+    phase, reason, _, failure = upgrades.outcome(was_failed, Phase.FAILED, "BuildError", "x")
+    assert (phase, reason) == (Phase.FAILED, "BuildError")
+    end = statuses.compose(
+        was_failed, phase=phase, reason=reason, message="x", generation=1, now="t3", upgrade_failure=failure
+    )
+    c = _types(end)
+    assert c["Stalled"]["status"] == "True" and c[conditions.UPGRADE]["reason"] == "BuildError"
+    # Outside an upgrade nothing changes.
+    plain = statuses.compose(
+        None, phase=Phase.BUILDING, reason="Building", message="b", generation=1, now="t"
+    )
+    assert upgrades.outcome(plain, Phase.FAILED, "OOMKilled", "m") == (Phase.FAILED, "OOMKilled", "m", None)

@@ -115,6 +115,17 @@ CASES: list[tuple[str, Observed, list[tuple[Any, ...]]]] = [
         [("observe", "spec")],
     ),
     ("upgrade no longer due: nothing", obs(Cause.UPGRADE, status=DONE), []),
+    # -- transient Kubernetes API trouble while observing -------------------------------------------------
+    (
+        "API unreachable: Pending (Reconciling), retried",
+        obs(spec=OK_SPEC, api_trouble="503"),
+        [("write", "Pending", "APIUnavailable", None), ("retry",)],
+    ),
+    (
+        "API unreachable, retries exhausted: Failed",
+        obs(spec=OK_SPEC, api_trouble="503", attempt=19),
+        [("write", "Failed", "APIUnavailable", "Warning")],
+    ),
     # -- the spec --------------------------------------------------------------------------------------
     ("new object: read the spec", obs(), [("observe", "spec")]),
     ("invalid spec: Failed, not retried", obs(spec=SpecCheck(invalid="spec.x: bad")), [W_FAILED_SPEC]),
@@ -390,3 +401,13 @@ def test_job_facts_from_a_job_and_its_pods() -> None:
     )
     assert facts.scheduling == "s" and facts.key == KEY
     assert not decide.job_facts(j, [other]).running
+
+
+def test_every_reason_is_documented() -> None:
+    """One vocabulary (pitcrew.api.reasons.Reason), shared by controller, builder and docs."""
+    from pathlib import Path
+
+    from pitcrew.api.reasons import Reason
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "controller.md").read_text()
+    assert [r.value for r in Reason if f"{r.value}" not in text] == []

@@ -57,3 +57,25 @@ def test_post_works_outside_any_kopf_handler(monkeypatch: pytest.MonkeyPatch) ->
 def test_no_kopf_private_modules() -> None:
     for file in (ROOT / "operator" / "pitcrew").rglob("*.py"):
         assert "kopf._" not in file.read_text(), file
+
+
+def test_kopf_is_pinned_to_the_tested_minor() -> None:
+    """The controller uses kopf's public API only, and only the minor it was tested with: a new
+    kopf minor is a deliberate upgrade (change the pin, run the suite), not an accident of pip."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "operator"
+    ]
+    (req,) = [Requirement(d) for d in deps if Requirement(d).name == "kopf"]
+    installed = importlib.metadata.version("kopf")
+    assert req.specifier.contains(installed), (str(req), installed)
+    # A minor, not a range of minors: the upper bound is the next minor.
+    minor = re.match(r"(\d+)\.(\d+)", installed)
+    assert minor is not None
+    nxt = f"{minor.group(1)}.{int(minor.group(2)) + 1}.0"
+    assert not req.specifier.contains(nxt), str(req)

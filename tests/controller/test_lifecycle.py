@@ -153,6 +153,44 @@ def test_spec_change_mid_build_replaces_the_job(cluster: ClusterInfo, operator: 
     wait_for("the old Job's pods to go", old_pods_gone, timeout=30)
 
 
+def test_scheduling_change_reaches_a_job_that_waits_to_retry(
+    cluster: ClusterInfo, operator: Operator, ns: str
+) -> None:
+    """timeoutSeconds is not in the cache key: a spec change of it keeps the engine, and used to
+    never reach the Job. A Job no pod of which runs (here: waiting to retry) is replaced."""
+    apply(cluster, engine_build(cluster, "resched", ns, mode="crash", retryLimit=3))
+    eb = wait_for(
+        "the first attempt to fail and the Job to wait for its retry",
+        lambda: (
+            (x := get_eb(cluster, ns, "resched"))
+            and (x.get("status") or {}).get("reason") == "Retrying"
+            and x
+        ),
+        timeout=90,
+        op=operator,
+    )
+    uid = eb["metadata"]["uid"]
+    (old,) = owned(cluster, "jobs", ns, uid)
+    apply(cluster, engine_build(cluster, "resched", ns, mode="crash", retryLimit=3, timeoutSeconds=4321))
+
+    def replaced() -> dict[str, Any] | None:
+        live = [j for j in owned(cluster, "jobs", ns, uid) if not j["metadata"].get("deletionTimestamp")]
+        new = [j for j in live if j["metadata"]["name"] != old["metadata"]["name"]]
+        return new[0] if len(live) == 1 and new else None
+
+    job = wait_for("the Job to be replaced", replaced, timeout=90, op=operator)
+    assert job["spec"]["activeDeadlineSeconds"] == 4321
+    assert job["metadata"]["annotations"]["pitcrew.dev/generation"] == "2"
+    assert (
+        job["metadata"]["annotations"]["pitcrew.dev/cache-key"]
+        == old["metadata"]["annotations"]["pitcrew.dev/cache-key"]
+    )
+    wait_for("a JobReplaced event", lambda: "JobReplaced" in events(cluster, ns, "resched"), op=operator)
+    st = get_eb(cluster, ns, "resched")["status"]  # type: ignore[index]
+    assert st["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 for c in st["conditions"]), st["conditions"]
+
+
 def test_deletion_mid_build_removes_jobs_and_pods(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
     apply(cluster, engine_build(cluster, "gone", ns, mode="sleep-60"))
     eb = wait_phase(cluster, ns, "gone", {"Building"}, op=operator)

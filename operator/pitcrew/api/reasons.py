@@ -16,7 +16,8 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"  # also reported by the builder (exit 2)
     POLICY_VIOLATION = "PolicyViolation"
     SECRET_NOT_FOUND = "SecretNotFound"
-    STORAGE_UNAVAILABLE = "StorageUnavailable"  # transient S3/API trouble: retried
+    STORAGE_UNAVAILABLE = "StorageUnavailable"  # transient S3 trouble: retried
+    API_UNAVAILABLE = "APIUnavailable"  # transient Kubernetes API trouble (5xx, 429, no answer): retried
     SOURCE_UNAVAILABLE = "SourceUnavailable"  # also reported by the builder
     CACHE_HIT = "CacheHit"
     JOB_NAME_TAKEN = "JobNameTaken"
@@ -49,4 +50,3 @@ class Reason(StrEnum):
     # -- other Events and conditions -------------------------------------------------------------------
     ARTIFACTS_KEPT = "ArtifactsKept"
     UPGRADE_FAILED = "UpgradeFailed"  # BuilderUpgrade condition: the rebuild failed, old engine kept
-    INTERNAL_ERROR = "InternalError"
