@@ -33,12 +33,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from controller.fake_image import build_operator_image, fake_builder_archive  # noqa: E402
 from controller.harness import (  # noqa: E402
     BUILD_TOOLS,
     EB_API,
     Operator,
     engine_build,
-    fake_builder_rule,
     install,
     new_namespace,
     wait_for,
@@ -208,9 +208,7 @@ def run_fleet(args: argparse.Namespace) -> Run:
     result = Run(fleet=args.fleet)
     work = Path(tempfile.mkdtemp(prefix="pitcrew-fleet-"))
     sd = work / "devcluster"
-    cluster = up(
-        UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, image_rules=[fake_builder_rule()])
-    )
+    cluster = up_cluster(sd)
     op: Operator | None = None
     try:
         install(cluster)
@@ -301,14 +299,19 @@ def run_fleet(args: argparse.Namespace) -> Run:
     return result
 
 
+def up_cluster(sd: Path) -> Any:
+    """A devcluster whose real node has the FAKE builder image (and the operator image it is made of)."""
+    _, operator_image = build_operator_image()  # cached by content
+    images = [operator_image, fake_builder_archive(operator_image)]
+    return up(UpOptions(state_dir=sd, node="real", build=False, build_tools=BUILD_TOOLS, images=images))
+
+
 def run_once(args: argparse.Namespace) -> Run:
     result = Run()
     work = Path(tempfile.mkdtemp(prefix="pitcrew-bench-"))
     sd = work / "devcluster"
     t = time.monotonic()
-    cluster = up(
-        UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, image_rules=[fake_builder_rule()])
-    )
+    cluster = up_cluster(sd)
     watches: list[JobWatch] = []
     op: Operator | None = None
     try:
@@ -335,7 +338,7 @@ def run_once(args: argparse.Namespace) -> Run:
         print(f"cluster + operator up in {time.monotonic() - t:.1f} s", file=sys.stderr)
         client = cluster.client()
 
-        # 1. Writes per successful build (fake builder on the local node, sequential).
+        # 1. Writes per successful build (fake builder on the real node, sequential).
         ns = new_namespace(cluster, "writes")
         time.sleep(2)
         before = counts(count_file)

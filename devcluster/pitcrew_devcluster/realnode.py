@@ -264,7 +264,10 @@ def kubelet_config(
         "failSwapOn": False,
         "cgroupsPerQOS": False,
         "enforceNodeAllocatable": [],
-        "localStorageCapacityIsolation": False,
+        # emptyDir sizeLimit and ephemeral-storage limits are enforced (by eviction); the volume
+        # usage is measured every volumeStatsAggPeriod (1 min by default: tests would wait).
+        "localStorageCapacityIsolation": True,
+        "volumeStatsAggPeriod": "10s",
         "containerRuntimeEndpoint": endpoint,
         "imageServiceEndpoint": endpoint,
         "podLogsDir": str(layout.pod_logs),

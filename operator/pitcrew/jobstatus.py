@@ -1,8 +1,9 @@
 """What a builder Job and its Pods say about the build. Pure: dicts in, a Verdict out.
 
-Tells apart: OOMKilled, image pull errors, deadline exceeded, unschedulable (no node with that GPU,
-after a grace period), builder-reported reasons (InvalidCheckpoint, ...) and other builder errors,
-whose message carries the builder's last words (termination message or log tail).
+Tells apart: OOMKilled, evictions (e.g. /scratch past its sizeLimit), image pull errors, deadline
+exceeded, unschedulable (no node with that GPU, after a grace period), builder-reported reasons
+(InvalidCheckpoint, ...) and other builder errors, whose message carries the builder's last words
+(termination message or log tail).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ RUNNING = Reason.BUILDING
 RETRYING = Reason.RETRYING
 SUCCEEDED = Reason.SUCCEEDED
 OOM_KILLED = Reason.OOM_KILLED
+EVICTED = Reason.EVICTED
 IMAGE_PULL_ERROR = Reason.IMAGE_PULL_ERROR
 DEADLINE_EXCEEDED = Reason.DEADLINE_EXCEEDED
 UNSCHEDULABLE = Reason.UNSCHEDULABLE
@@ -124,7 +126,23 @@ def _sorted_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def failed_pod_verdict(pod: Mapping[str, Any], attempts: int) -> Verdict:
     """Why one pod failed (its container terminated non-zero, or the kubelet killed it)."""
     term = _terminated(pod) or {}
-    reason = term.get("reason") or pod.get("status", {}).get("reason") or ""
+    pod_status = pod.get("status", {})
+    if pod_status.get("reason") == EVICTED:
+        # The container only shows the kill (exit 137, "Error"); the kubelet's reason is on the pod.
+        why = (pod_status.get("message") or "no message").strip()
+        fix = (
+            "; raise the operator's PITCREW_SCRATCH_SIZE_LIMIT (the sizeLimit of /scratch)"
+            if 'EmptyDir volume "scratch"' in why
+            else ""
+        )
+        return Verdict(
+            Phase.FAILED,
+            EVICTED,
+            f"the kubelet evicted the builder pod: {why}{fix}",
+            attempts,
+            finished_at=term.get("finishedAt"),
+        )
+    reason = term.get("reason") or pod_status.get("reason") or ""
     message = term.get("message") or ""
     exit_code = term.get("exitCode")
     finished = term.get("finishedAt")

@@ -11,7 +11,10 @@ What it does is chosen by the image tag in plan.builderVersion, e.g. pitcrew.tes
   failonce    crash like `crash` on the first attempt for this engine, succeed on the next (the
               marker of the first attempt is an object under the engine prefix, removed on success)
   invalid     fail with reason InvalidCheckpoint
-  oom         SIGKILL itself (the local node reports that as OOMKilled, as the kernel would)
+  oom         allocate memory until the kernel kills it (needs a memory limit below 2 GiB: it
+              refuses to run without one, so it never eats the machine's memory)
+  fill-scratch  write 64 MiB to $PITCREW_SCRATCH (the Job's emptyDir), then take 60 s; with a
+              smaller sizeLimit the write fails or the kubelet evicts the pod
   crash       print a traceback and exit 1 without a result (last words come from the log)
   badsha      succeed but report a wrong manifest sha256 (verification must catch it)
   nomanifest  succeed without publishing manifest.json (verification must catch it)
@@ -23,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -73,6 +75,47 @@ def write_result(result: BuildResult) -> None:
         f.write(result.model_dump_json(by_alias=True, exclude_none=True))
 
 
+MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
+MAX_LIMIT = 2 << 30
+
+
+def memory_limit() -> int | None:
+    for path in MEMORY_LIMIT_FILES:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        return None if text == "max" or int(text) >= 1 << 60 else int(text)
+    return None
+
+
+def eat_memory() -> int:
+    limit = memory_limit()
+    if limit is None or limit > MAX_LIMIT:
+        print(f"fake builder: mode oom needs a memory limit under {MAX_LIMIT} bytes, got {limit}", flush=True)
+        return 1
+    print(f"fake builder: allocating past the {limit} byte limit", flush=True)
+    chunks = []
+    while True:
+        chunks.append(b"\x01" * (16 << 20))  # written, so the pages count against the cgroup
+
+
+def fill_scratch() -> None:
+    scratch = os.environ.get("PITCREW_SCRATCH", "/scratch")
+    path = os.path.join(scratch, "filler")
+    try:
+        with open(path, "wb") as f:
+            for _ in range(64):
+                f.write(b"\x02" * (1 << 20))
+                f.flush()
+        print(f"fake builder: wrote 64 MiB to {path}", flush=True)
+    except OSError as e:
+        print(f"fake builder: writing {path} failed: {e}", flush=True)
+        raise
+    time.sleep(60)
+
+
 def main() -> int:
     if os.environ.get("PITCREW_PLAN_JSON"):
         plan = BuildPlan.model_validate_json(os.environ["PITCREW_PLAN_JSON"])
@@ -95,7 +138,9 @@ def main() -> int:
                                  message="config.json: missing hidden_size (fake)"))  # fmt: skip
         return 2
     if mode == "oom":
-        os.kill(os.getpid(), signal.SIGKILL)
+        return eat_memory()
+    if mode == "fill-scratch":
+        fill_scratch()
     marker = prefix + FAILED_ONCE
     if mode == "failonce":
         try:

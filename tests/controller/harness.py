@@ -2,6 +2,7 @@
 
 The operator is a subprocess (`python -m pitcrew`) logged in with a ServiceAccount token bound to
 the ClusterRole rendered from helm/pitcrew: a verb the code needs but the chart lacks fails a test.
+Its builder Jobs run on the real node, by default with the FAKE builder image (fake_image.py).
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from typing import Any
 import yaml
 
 from pitcrew_devcluster import ClusterInfo
+from pitcrew_devcluster.realnode import Layout, ctr
+
+from .fake_image import FAKE, FAKE_BUILDER_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "pitcrew-system"
 EB_API = "/apis/pitcrew.dev/v1alpha1"
-FAKE = "pitcrew.test/fake-builder"
-FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parent / "fake_builder.py"
 
 
-BUILDER_IMAGE = "ghcr.io/pitcrew/builder"  # also the prefix of ghcr.io/pitcrew/builder-rtx
 BUILD_TOOLS = ROOT / "hack" / "build-tools.sh"
 
 # What the tests' tenants may set (pitcrew.tenancy): the fake builder's modes and an image that cannot
@@ -39,11 +40,21 @@ BUILD_TOOLS = ROOT / "hack" / "build-tools.sh"
 # policy itself passes its own PITCREW_TENANT_POLICY.
 # DEAD_ENDPOINT: an allowed endpoint where nothing listens (storage-unreachable tests).
 DEAD_ENDPOINT = "http://127.0.0.1:1"
-TEST_POLICY = {"*": {"builderImages": [f"{FAKE}:*", "registry.invalid/*"], "endpoints": [DEAD_ENDPOINT]}}
+# maxResources: the OOM test's memory limit (the fake builder's `oom` mode needs one).
+TEST_POLICY = {
+    "*": {
+        "builderImages": [f"{FAKE}:*", "registry.invalid/*"],
+        "endpoints": [DEAD_ENDPOINT],
+        "maxResources": {"memory": "1Gi"},
+    }
+}
+
+
+BUILDER_IMAGE = "ghcr.io/pitcrew/builder"  # also the prefix of ghcr.io/pitcrew/builder-rtx
 
 
 def fake_builder_rule() -> dict[str, Any]:
-    """The local node's image rule for the FAKE builder (UpOptions.image_rules): test-side only."""
+    """The process node's image rule for the FAKE builder (the real node runs fake_image.py's image)."""
     return {"prefix": FAKE, "entrypoint": [sys.executable, str(FAKE_BUILDER_SCRIPT)]}
 
 
@@ -123,7 +134,8 @@ class Operator:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG", "PITCREW_"))},
             "KUBECONFIG": str(self.kubeconfig),
-            "PITCREW_S3_ENDPOINT": cluster.s3.endpoint,
+            # The address the builder pods reach MinIO at (the node's bridge); this process too.
+            "PITCREW_S3_ENDPOINT": cluster.pod_s3_endpoint(),
             "PITCREW_BUILDER_IMAGE": f"{FAKE}:ok",
             "PITCREW_CHECKPOINT_BUILDER_IMAGE": f"{FAKE}:ok",
             "PITCREW_POLL_SECONDS": "1",
@@ -145,7 +157,8 @@ class Operator:
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.workdir, start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 30
+        # Importing kopf, aiohttp, boto3 and pydantic took over 30 s with the 2 cores loaded.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited: {self.tail()}")
@@ -182,8 +195,14 @@ class Operator:
 
 
 def new_namespace(cluster: ClusterInfo, prefix: str = "t") -> str:
+    """A namespace with the Secret `s3` (MinIO's key) and its default ServiceAccount (until the
+    ServiceAccount controller made it, admission refuses pods and the Job controller backs off)."""
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
+    wait_for(
+        f"the default ServiceAccount of {ns}",
+        lambda: cluster.client().get_or_none(f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
+    )
     assert cluster.s3 is not None
     cluster.kubectl(
         "-n", ns, "create", "secret", "generic", "s3",
@@ -265,6 +284,18 @@ def wait_phase(
         eb = get_eb(cluster, ns, name)
         raise AssertionError(f"{e}\n--- status ---\n{(eb or {}).get('status')}") from None
     return result
+
+
+def container_id(pod: dict[str, Any]) -> str:
+    """The id containerd knows the pod's (first) container by."""
+    cid: str = pod["status"]["containerStatuses"][0]["containerID"]
+    return cid.removeprefix("containerd://")
+
+
+def running_containers(cluster: ClusterInfo) -> set[str]:
+    """Ids of the containers the real node's containerd runs now (its tasks)."""
+    out = ctr(Layout.of(cluster.state_dir), "tasks", "list", "--quiet", timeout=60).stdout
+    return set(out.split())
 
 
 def owned(cluster: ClusterInfo, kind: str, ns: str, uid: str) -> list[dict[str, Any]]:

@@ -115,6 +115,18 @@ def test_oom_killed() -> None:
     assert (v.phase, v.reason) == (Phase.FAILED, jobstatus.OOM_KILLED) and "memory" in v.message
 
 
+def test_evicted_names_the_kubelets_reason_and_the_fix() -> None:
+    scratch = 'Usage of EmptyDir volume "scratch" exceeds the limit "8Mi". '
+    other = "The node was low on resource: memory. "
+    for message, fix in ((scratch, True), (other, False)):
+        p = pod(phase="Failed", state=term(137, "Error", "fake builder: wrote 64 MiB"))
+        p["status"].update(reason="Evicted", message=message)
+        v = evaluate(job(("Failed", "BackoffLimitExceeded"), failed=1), [p])
+        assert (v.phase, v.reason) == (Phase.FAILED, jobstatus.EVICTED)
+        assert v.message.startswith(f"the kubelet evicted the builder pod: {message.strip()}"), v.message
+        assert ("PITCREW_SCRATCH_SIZE_LIMIT" in v.message) == fix, v.message
+
+
 def test_builder_reported_reason() -> None:
     result = BuildResult(
         ok=False, cache_key="k", reason="InvalidCheckpoint", message="config.json: no hidden_size"

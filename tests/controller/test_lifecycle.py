@@ -1,7 +1,10 @@
-"""The controller on the real control plane and S3, with the FAKE builder (tests/controller/fake_builder.py).
+"""The controller on the real control plane, S3 and node, with the FAKE builder (fake_builder.py).
 
-One operator process (least-privilege RBAC) serves the module; each test has its own namespace and
-output prefix. Deadline and restart tests take about a minute each and are marked slow.
+The builder pods run on the real node (kubelet + containerd): the kernel OOM-kills, the kubelet
+injects the Secret's credentials, reads the termination message and kills the pods of a superseded
+or deleted build. One operator process (least-privilege RBAC) serves the module; each test has its
+own namespace and output prefix. Deadline and restart tests take about a minute each and are
+marked slow.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from .harness import (
     Operator,
     StatusRecorder,
     apply,
+    container_id,
     engine_build,
     free_port,
     get_eb,
     install,
     new_namespace,
     owned,
+    running_containers,
     seed_checkpoint,
     wait_for,
     wait_phase,
@@ -67,6 +72,20 @@ def s3_keys(cluster: ClusterInfo, uri: str) -> list[str]:
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     pages = cluster.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", ()))
+
+
+def running_pod(cluster: ClusterInfo, ns: str, uid: str) -> dict[str, Any]:
+    """The build's pod once its container runs."""
+
+    def running() -> dict[str, Any] | None:
+        for pod in owned(cluster, "pods", ns, uid):
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            if statuses and "running" in statuses[0].get("state", {}):
+                return pod
+        return None
+
+    pod: dict[str, Any] = wait_for("the builder container to run", running, timeout=60)
+    return pod
 
 
 def events(cluster: ClusterInfo, ns: str, name: str) -> list[str]:
@@ -129,6 +148,8 @@ def test_spec_change_mid_build_replaces_the_job(cluster: ClusterInfo, operator: 
     eb = wait_phase(cluster, ns, "x", {"Building"}, op=operator)
     uid = eb["metadata"]["uid"]
     (old,) = owned(cluster, "jobs", ns, uid)
+    old_container = container_id(running_pod(cluster, ns, uid))
+    assert old_container in running_containers(cluster)
     apply(cluster, engine_build(cluster, "x", ns, mode="ok", **{"build.maxBatchSize": 8}))
 
     def new_job_only() -> bool:
@@ -151,6 +172,8 @@ def test_spec_change_mid_build_replaces_the_job(cluster: ClusterInfo, operator: 
         )
 
     wait_for("the old Job's pods to go", old_pods_gone, timeout=30)
+    # The kubelet killed the superseded builder's container (not just the API object).
+    assert old_container not in running_containers(cluster)
 
 
 def test_scheduling_change_reaches_a_job_that_waits_to_retry(
@@ -195,10 +218,11 @@ def test_deletion_mid_build_removes_jobs_and_pods(cluster: ClusterInfo, operator
     apply(cluster, engine_build(cluster, "gone", ns, mode="sleep-60"))
     eb = wait_phase(cluster, ns, "gone", {"Building"}, op=operator)
     uid = eb["metadata"]["uid"]
-    assert owned(cluster, "pods", ns, uid)
+    container = container_id(running_pod(cluster, ns, uid))
     cluster.kubectl("-n", ns, "delete", "eb", "gone", "--timeout=30s")
     wait_for("Jobs and Pods to be garbage-collected", lambda: not owned(cluster, "jobs", ns, uid)
              and not owned(cluster, "pods", ns, uid), timeout=60)  # fmt: skip
+    assert container not in running_containers(cluster)
 
 
 def test_deletion_policy_delete_removes_the_engine(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
@@ -249,7 +273,7 @@ def test_deletion_removes_every_engine_the_object_published(
     ("mode", "reason", "words"),
     [
         ("invalid", "InvalidCheckpoint", "missing hidden_size"),
-        ("oom", "OOMKilled", "memory"),
+        ("oom", "OOMKilled", "raise spec.target.resources.limits.memory"),
         ("crash", "BuilderError", "crashed on purpose"),
         ("badsha", "VerificationFailed", "sha256"),
         ("nomanifest", "VerificationFailed", "manifest.json is missing or unreadable"),
@@ -259,13 +283,20 @@ def test_deletion_removes_every_engine_the_object_published(
 def test_builder_failures(
     cluster: ClusterInfo, operator: Operator, ns: str, mode: str, reason: str, words: str
 ) -> None:
-    apply(cluster, engine_build(cluster, "bad", ns, mode=mode, retryLimit=0))
+    # The oom mode allocates until the kernel kills it at the limit (a real OOM kill).
+    limits = {"target.resources": {"limits": {"memory": "128Mi"}}} if mode == "oom" else {}
+    apply(cluster, engine_build(cluster, "bad", ns, mode=mode, retryLimit=0, **limits))
     eb = wait_phase(cluster, ns, "bad", {"Failed", "Succeeded"}, op=operator)
     st = eb["status"]
     assert (st["phase"], st["reason"]) == ("Failed", reason), st
     assert words in st["message"], st["message"]
     stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == reason
+    if mode == "oom":
+        # The kubelet's record of it: exit code 137 from the kernel's SIGKILL, reason OOMKilled.
+        (pod,) = owned(cluster, "pods", ns, eb["metadata"]["uid"])
+        t = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert (t["reason"], t["exitCode"]) == ("OOMKilled", 137), t
     if mode in ("nomanifest", "foreign"):
         # Missing means missing; foreign means a manifest is there but names another cache key.
         keys = s3_keys(cluster, f"s3://{cluster.s3.bucket}/engines/{ns}/{st['cacheKey']}/")  # type: ignore[union-attr]
@@ -362,15 +393,14 @@ def test_unschedulable_gpu(cluster: ClusterInfo, operator: Operator, ns: str) ->
     wait_for("the stuck Job to be deleted", lambda: not owned(cluster, "jobs", ns, failed["metadata"]["uid"]))
 
 
-def test_image_that_cannot_run(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
-    # The local node reports an image it cannot map as a kubelet reports a failed pull
-    # (ErrImagePull, then ImagePullBackOff); the controller stops the Job at the first one.
+def test_image_that_cannot_be_pulled(cluster: ClusterInfo, operator: Operator, ns: str) -> None:
+    # containerd's pull fails (no registry answers for registry.invalid) and the kubelet reports
+    # ErrImagePull; the controller stops the Job at the first one.
     apply(cluster, engine_build(cluster, "img", ns, retryLimit=0, builderImage="registry.invalid/nope:1"))
-    eb = wait_phase(cluster, ns, "img", {"Failed", "Succeeded"}, op=operator)
+    eb = wait_phase(cluster, ns, "img", {"Failed", "Succeeded"}, timeout=120, op=operator)
     st = eb["status"]
     assert (st["phase"], st["reason"]) == ("Failed", "ImagePullError"), st
-    assert "registry.invalid/nope:1" in st["message"] and "no local mapping" in st["message"], st
-    assert "spec.builderImage" in st["message"]
+    assert "registry.invalid/nope:1" in st["message"] and "spec.builderImage" in st["message"], st
     wait_for("the stuck Job to be deleted", lambda: not owned(cluster, "jobs", ns, eb["metadata"]["uid"]))
 
 

@@ -114,6 +114,29 @@ def test_granted_prefix_is_served_with_the_operator_identity(
     assert st["engine"]["uri"] == first["engine"]["uri"]
 
 
+def test_granted_build_gives_its_pod_no_credentials(
+    cluster: ClusterInfo, operator: Operator, namespaces: list[str]
+) -> None:
+    """The grant lets the operator use its own S3 identity, never hands it to a pod: a build that
+    names no Secret runs a builder pod with no S3 credentials (the kubelet injects only what the
+    spec names), whose write is refused. Here no node identity exists to fall back on."""
+    assert cluster.s3 is not None
+    ns = new_namespace(cluster, "grant")  # also has a Secret `s3`, which the build does not name
+    namespaces.append(ns)
+    body = engine_build(
+        cluster, "fresh", ns, retryLimit=0,
+        **{"output.uri": f"s3://{cluster.s3.bucket}/{GRANTED_OUT}", "build.maxBatchSize": 77},
+    )  # fmt: skip
+    apply(cluster, _without_credentials(body))
+    eb = wait_phase(cluster, ns, "fresh", {"Succeeded", "Failed"}, timeout=120, op=operator)
+    st = eb["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "BuilderError"), st
+    assert "Unable to locate credentials" in st["message"], st
+    (pod,) = owned(cluster, "pods", ns, eb["metadata"]["uid"])
+    env = pod["spec"]["containers"][0]["env"]
+    assert not [e for e in env if "valueFrom" in e or e["name"].startswith("AWS_")], env
+
+
 def test_a_job_with_our_labels_takes_no_slot(
     cluster: ClusterInfo, operator: Operator, namespaces: list[str]
 ) -> None:

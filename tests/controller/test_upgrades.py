@@ -178,7 +178,7 @@ def test_builder_upgrade_rebuilds_unpinned_builds(cluster: ClusterInfo, ns: str,
                 and all((e or {}).get("status", {}).get("phase") == "Succeeded" for e in s.values())
                 and s
             ),
-            timeout=90,
+            timeout=180,
             op=op,
         )
     finally:

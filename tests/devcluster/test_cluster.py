@@ -1,4 +1,4 @@
-"""Integration tests of the devcluster: real control plane, Jobs run by the local node, GC, S3."""
+"""Integration tests of the devcluster: real control plane, Jobs run by the real node, GC, S3."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from controller.harness import BUILD_TOOLS
+from controller.harness import BUILD_TOOLS, container_id, running_containers
 from pitcrew_devcluster import ClusterInfo, DevclusterError, UpOptions, up
 from pitcrew_devcluster import kwok as kwok_mod
-from pitcrew_devcluster.procs import alive
+from pitcrew_devcluster.images import BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.cluster
 
@@ -39,11 +39,15 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60) -> T:
 def ns(cluster: ClusterInfo) -> Any:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
+    wait_for(
+        "the default ServiceAccount",
+        lambda: cluster.client().get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def job(name: str, code: str, *, restart: str = "Never", backoff: int = 0, **container: Any) -> Obj:
+def job(name: str, script: str, *, restart: str = "Never", backoff: int = 0, **container: Any) -> Obj:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -53,11 +57,13 @@ def job(name: str, code: str, *, restart: str = "Never", backoff: int = 0, **con
             "template": {
                 "spec": {
                     "restartPolicy": restart,
+                    "automountServiceAccountToken": False,
                     "containers": [
                         {
                             "name": "main",
-                            "image": "python:3.11",
-                            "command": ["python", "-c", code],
+                            "image": BUSYBOX_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/bin/sh", "-c", script],
                             **container,
                         }
                     ],
@@ -119,15 +125,9 @@ def test_jobs_report_exit_code_and_termination_message(cluster: ClusterInfo, ns:
         "metadata": {"name": "settings"},
         "data": {"greeting": "hello from a configmap", "spec.yaml": "model: tiny\n"},
     }
-    ok_code = (
-        "import os, pathlib\n"
-        "spec = pathlib.Path('/etc/pitcrew/spec.yaml').read_text().strip()\n"
-        "msg = os.environ['GREETING'] + ' | ' + spec + ' | ' + os.environ['POD']\n"
-        "open('/dev/termination-log', 'w').write(msg)\n"
-    )
     ok = job(
         "ok",
-        ok_code,
+        'printf "%s | %s | %s" "$GREETING" "$(cat /etc/pitcrew/spec.yaml)" "$POD" > /dev/termination-log',
         env=[
             {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -135,9 +135,7 @@ def test_jobs_report_exit_code_and_termination_message(cluster: ClusterInfo, ns:
         volumeMounts=[{"name": "spec", "mountPath": "/etc/pitcrew"}],
     )
     ok["spec"]["template"]["spec"]["volumes"] = [{"name": "spec", "configMap": {"name": "settings"}}]
-    bad = job(
-        "bad", "import sys\nopen('/dev/termination-log', 'w').write('failed on purpose')\nsys.exit(3)\n"
-    )
+    bad = job("bad", "printf 'failed on purpose' > /dev/termination-log; exit 3")
     apply(cluster, ns, cm, ok, bad)
 
     assert wait_for("job ok to finish", lambda: job_condition(cluster, ns, "ok")) == "Complete"
@@ -160,20 +158,14 @@ def test_jobs_report_exit_code_and_termination_message(cluster: ClusterInfo, ns:
 def test_fallback_to_logs_and_restart_on_failure(cluster: ClusterInfo, ns: str) -> None:
     logs = job(
         "logs",
-        "print('line one'); print('the real error'); raise SystemExit(7)",
+        "echo 'line one'; echo 'the real error'; exit 7",
         terminationMessagePolicy="FallbackToLogsOnError",
     )
     # Fails on the first run, succeeds on the restart (the emptyDir survives container restarts).
-    flaky_code = (
-        "import os, sys\n"
-        "marker = os.path.join(os.environ['PITCREW_VOLUME_SCRATCH'], 'ran-once')\n"
-        "if not os.path.exists('/scratch/ran-once'):\n"
-        "    open('/scratch/ran-once', 'w').close(); sys.exit(1)\n"
-        "assert os.path.exists(marker)\n"
-    )
+    flaky_script = "if [ ! -e /scratch/ran-once ]; then touch /scratch/ran-once; exit 1; fi"
     flaky = job(
         "flaky",
-        flaky_code,
+        flaky_script,
         restart="OnFailure",
         backoff=3,
         volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
@@ -189,52 +181,13 @@ def test_fallback_to_logs_and_restart_on_failure(cluster: ClusterInfo, ns: str) 
 
     assert wait_for("job flaky", lambda: job_condition(cluster, ns, "flaky")) == "Complete"
     (pod,) = job_pods(cluster, ns, "flaky")
-    status = pod["status"]["containerStatuses"][0]
-    assert status["restartCount"] == 1
-    assert status["lastState"]["terminated"]["exitCode"] == 1
-
-
-def test_builder_image_runs_the_installed_builder(cluster: ClusterInfo, ns: str) -> None:
-    # The builder image's ENTRYPOINT/CMD (pitcrew-builder --help) map to the venv's console script.
-    builder = job("builder", "")
-    del builder["spec"]["template"]["spec"]["containers"][0]["command"]
-    builder["spec"]["template"]["spec"]["containers"][0]["image"] = "ghcr.io/pitcrew/builder:0.1.0"
-    apply(cluster, ns, builder)
-    assert wait_for("job builder", lambda: job_condition(cluster, ns, "builder")) == "Complete"
-    (pod,) = job_pods(cluster, ns, "builder")
-    out = cluster.state_dir / "pods" / f"{ns}_{pod['metadata']['name']}_{pod['metadata']['uid'][:8]}"
-    assert "usage: pitcrew-builder" in (out / "containers" / "main" / "output.log").read_text()
-
-
-def test_unmapped_image_fails_like_a_pull(cluster: ClusterInfo, ns: str) -> None:
-    # An image with no image rule and not in local_images: ErrImagePull, then ImagePullBackOff, and
-    # nothing runs (even though the container sets a command the node could run).
-    nope = job("nope", "open('/tmp/should-not-run', 'w')", image="registry.invalid/nope:1")
-    apply(cluster, ns, nope)
-    seen: set[str] = set()
-
-    def waiting() -> Obj | None:
-        pods = job_pods(cluster, ns, "nope")
-        statuses = pods[0].get("status", {}).get("containerStatuses") if pods else None
-        state = (statuses or [{}])[0].get("state", {}).get("waiting") or {}
-        if state.get("reason"):
-            seen.add(state["reason"])
-        return state if {"ErrImagePull", "ImagePullBackOff"} <= seen else None
-
-    state = wait_for("ErrImagePull then ImagePullBackOff", waiting, timeout=30)
-    assert "registry.invalid/nope:1" in state["message"] and "no local mapping" in state["message"]
-    (pod,) = job_pods(cluster, ns, "nope")
-    assert pod["status"]["phase"] == "Pending"
-    assert "containerID" not in pod["status"]["containerStatuses"][0]
-    cluster.kubectl("delete", "job", "nope", "-n", ns, "--cascade=background", "--wait=false")
-    wait_for("the pod to go", lambda: not job_pods(cluster, ns, "nope"), timeout=60)
+    # One failed run, then the restart found the marker (the kubelet may already have removed the
+    # first container, and with it lastState).
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 1
 
 
 def test_job_deletion_garbage_collects_and_kills_pods(cluster: ClusterInfo, ns: str) -> None:
-    code = (
-        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"
-    )
-    apply(cluster, ns, job("sleeper", code))
+    apply(cluster, ns, job("sleeper", "sleep 600"))
 
     def running_pod() -> Obj | None:
         pods = job_pods(cluster, ns, "sleeper")
@@ -242,27 +195,16 @@ def test_job_deletion_garbage_collects_and_kills_pods(cluster: ClusterInfo, ns: 
 
     pod = wait_for("the sleeper pod to run", running_pod)
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("localnode://"))
-    assert alive(pid)
+    container = container_id(pod)
+    assert container in running_containers(cluster)
 
     cluster.kubectl("delete", "job", "sleeper", "-n", ns, "--cascade=background", "--wait=false")
     wait_for(
         "the job's pods to be garbage-collected", lambda: not job_pods(cluster, ns, "sleeper"), timeout=60
     )
-    wait_for("the pod's process to exit", lambda: not alive(pid), timeout=10)
-
-
-def test_pod_deadline(cluster: ClusterInfo, ns: str) -> None:
-    slow = job("slow", "import time; time.sleep(600)")
-    slow["spec"]["template"]["spec"]["activeDeadlineSeconds"] = 2
-    slow["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1
-    apply(cluster, ns, slow)
-    assert wait_for("job slow", lambda: job_condition(cluster, ns, "slow")) == "Failed"
-    pod = wait_for(
-        "pod terminal",
-        lambda: [p for p in job_pods(cluster, ns, "slow") if p["status"].get("phase") == "Failed"],
-    )[0]
-    assert pod["status"]["reason"] == "DeadlineExceeded"
+    wait_for(
+        "the pod's container to be gone", lambda: container not in running_containers(cluster), timeout=30
+    )
 
 
 def test_s3_bucket(cluster: ClusterInfo) -> None:

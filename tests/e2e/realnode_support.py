@@ -12,7 +12,8 @@ from pitcrew_devcluster import ClusterInfo
 from pitcrew_devcluster.images import ImageSpec, write_archives
 from pitcrew_devcluster.realnode import CNI_BIN_DIR, HOST_TOOLS, Layout, import_archive
 
-GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+# The session cluster's node (UpOptions defaults): 8 advertised A100s, compute capability 8.0.
+GPU_PRODUCT = "NVIDIA-A100-SXM4-80GB"
 
 
 def host_problem() -> str | None:
@@ -24,6 +25,7 @@ def host_problem() -> str | None:
         missing.append("containernetworking-plugins")
     if not Path("/bin/busybox").is_file():
         missing.append("busybox-static")
+    missing += [tool for tool in ("mmdebstrap", "podman") if shutil.which(tool) is None]
     if missing:
         return f"Debian packages missing: {', '.join(missing)} (run hack/install-node-deps.sh as root)"
     if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/memory.max").exists():

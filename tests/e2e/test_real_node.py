@@ -35,22 +35,17 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def real(real_cluster: ClusterInfo) -> ClusterInfo:
-    return real_cluster
-
-
 @pytest.fixture
-def ns(real: ClusterInfo) -> Iterator[str]:
+def ns(cluster: ClusterInfo) -> Iterator[str]:
     name = f"rn-{uuid.uuid4().hex[:6]}"
-    real.kubectl("create", "namespace", name)
+    cluster.kubectl("create", "namespace", name)
     # The ServiceAccount admission plugin refuses pods until the namespace's default SA exists.
     wait_for(
         "default ServiceAccount",
-        lambda: real.client().get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        lambda: cluster.client().get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
     )
     yield name
-    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def pod_spec(script: str, **extra: Any) -> Obj:
@@ -69,9 +64,9 @@ def pod_spec(script: str, **extra: Any) -> Obj:
     }
 
 
-def run_job(real: ClusterInfo, ns: str, name: str, spec: Obj, timeout: float = 120) -> tuple[str, Obj]:
+def run_job(cluster: ClusterInfo, ns: str, name: str, spec: Obj, timeout: float = 120) -> tuple[str, Obj]:
     """Creates a Job (no retries) and returns its final condition type and its pod."""
-    client = real.client()
+    client = cluster.client()
     body = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -99,47 +94,47 @@ def terminated(pod: Obj) -> Obj:
     return state
 
 
-def test_node_is_a_kubelet_on_containerd_with_gpu_labels(real: ClusterInfo) -> None:
-    node = real.client().get(f"/api/v1/nodes/{real.node_name}")
+def test_node_is_a_kubelet_on_containerd_with_gpu_labels(cluster: ClusterInfo) -> None:
+    node = cluster.client().get(f"/api/v1/nodes/{cluster.node_name}")
     info = node["status"]["nodeInfo"]
     assert info["containerRuntimeVersion"].startswith("containerd://1.")
     assert info["kubeletVersion"] == "v1.34.4"
-    assert node["status"]["capacity"]["nvidia.com/gpu"] == "4"
-    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
     labels = node["metadata"]["labels"]
     assert labels["nvidia.com/gpu.product"] == GPU_PRODUCT
-    assert (labels["nvidia.com/gpu.compute.major"], labels["nvidia.com/gpu.compute.minor"]) == ("9", "0")
+    assert (labels["nvidia.com/gpu.compute.major"], labels["nvidia.com/gpu.compute.minor"]) == ("8", "0")
     (address,) = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
-    assert address == real.pod_host and address.startswith("10.213.")
+    assert address == cluster.pod_host and address.startswith("10.213.")
 
 
-def test_job_runs_as_uid_10001_and_returns_its_termination_message(real: ClusterInfo, ns: str) -> None:
+def test_job_runs_as_uid_10001_and_returns_its_termination_message(cluster: ClusterInfo, ns: str) -> None:
     spec = pod_spec(
         'echo "uid=$(id -u) gid=$(id -g)" > /dev/termination-log',
         securityContext={"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001},
     )
-    condition, pod = run_job(real, ns, "uid", spec)
+    condition, pod = run_job(cluster, ns, "uid", spec)
     assert condition == "Complete"
     t = terminated(pod)
     assert (t["exitCode"], t["message"].strip()) == (0, "uid=10001 gid=10001")
-    assert pod["status"]["podIP"].startswith(real.pod_host.rsplit(".", 1)[0] + ".")
+    assert pod["status"]["podIP"].startswith(cluster.pod_host.rsplit(".", 1)[0] + ".")
     assert pod["status"]["containerStatuses"][0]["imageID"].startswith("sha256:")
 
 
-def test_memory_limit_is_a_real_oom_kill(real: ClusterInfo, ns: str) -> None:
+def test_memory_limit_is_a_real_oom_kill(cluster: ClusterInfo, ns: str) -> None:
     # dd allocates a 400 MiB buffer and fills it from /dev/zero: the kernel kills it at 64 MiB.
     spec = pod_spec(
         "dd if=/dev/zero of=/dev/null bs=400M count=1",
         container={"resources": {"limits": {"memory": "64Mi", "cpu": "1"}}},
     )
-    condition, pod = run_job(real, ns, "oom", spec)
+    condition, pod = run_job(cluster, ns, "oom", spec)
     assert condition == "Failed"
     t = terminated(pod)
     assert (t["reason"], t["exitCode"]) == ("OOMKilled", 137)
 
 
-def test_run_as_non_root_refuses_a_root_image(real: ClusterInfo, ns: str) -> None:
-    client = real.client()
+def test_run_as_non_root_refuses_a_root_image(cluster: ClusterInfo, ns: str) -> None:
+    client = cluster.client()
     body = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -160,8 +155,8 @@ def test_run_as_non_root_refuses_a_root_image(real: ClusterInfo, ns: str) -> Non
     assert "runAsNonRoot and image will run as root" in waiting["message"]
 
 
-def test_secret_is_injected_as_env_and_nothing_else_leaks(real: ClusterInfo, ns: str) -> None:
-    client = real.client()
+def test_secret_is_injected_as_env_and_nothing_else_leaks(cluster: ClusterInfo, ns: str) -> None:
+    client = cluster.client()
     client.create(
         f"/api/v1/namespaces/{ns}/secrets",
         {
@@ -175,13 +170,13 @@ def test_secret_is_injected_as_env_and_nothing_else_leaks(real: ClusterInfo, ns:
         'echo "$AWS_ACCESS_KEY_ID" > /dev/termination-log',
         container={"envFrom": [{"secretRef": {"name": "creds"}}]},
     )
-    condition, pod = run_job(real, ns, "with-secret", with_ref)
+    condition, pod = run_job(cluster, ns, "with-secret", with_ref)
     assert condition == "Complete" and terminated(pod)["message"].strip() == "from-the-secret"
 
     # The kubelet runs with this process's environment (S3 credentials, devcluster variables); a
     # pod without a Secret reference sees none of it (only its spec, the image's ENV, service vars).
     condition, pod = run_job(
-        real, ns, "no-secret", pod_spec("env | cut -d= -f1 | sort > /dev/termination-log")
+        cluster, ns, "no-secret", pod_spec("env | cut -d= -f1 | sort > /dev/termination-log")
     )
     assert condition == "Complete"
     names = set(terminated(pod)["message"].split())
@@ -190,8 +185,8 @@ def test_secret_is_injected_as_env_and_nothing_else_leaks(real: ClusterInfo, ns:
     assert not leaked, leaked
 
 
-def test_active_deadline_is_enforced_by_the_kubelet(real: ClusterInfo, ns: str) -> None:
-    client = real.client()
+def test_active_deadline_is_enforced_by_the_kubelet(cluster: ClusterInfo, ns: str) -> None:
+    client = cluster.client()
     body = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -208,13 +203,44 @@ def test_active_deadline_is_enforced_by_the_kubelet(real: ClusterInfo, ns: str) 
     assert status["reason"] == "DeadlineExceeded"
 
 
-def test_pod_reaches_minio_through_the_bridge(real: ClusterInfo, ns: str) -> None:
-    endpoint = real.pod_s3_endpoint()
-    assert endpoint.startswith(f"http://{real.pod_host}:")
+def test_empty_dir_size_limit_evicts_on_disk_and_fills_in_memory(cluster: ClusterInfo, ns: str) -> None:
+    # On disk: the kubelet measures the volume and evicts the pod once it holds more than sizeLimit.
+    def scratch(medium: str) -> Obj:
+        return {"name": "scratch", "emptyDir": {"sizeLimit": "4Mi", **({"medium": medium} if medium else {})}}
+
+    mount = {"volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}
+    client = cluster.client()
+    disk = pod_spec("dd if=/dev/zero of=/scratch/f bs=1M count=16 && sleep 300", container=mount,
+                    volumes=[scratch("")])  # fmt: skip
+    client.create(f"/api/v1/namespaces/{ns}/pods", {"apiVersion": "v1", "kind": "Pod",
+                                                    "metadata": {"name": "disk"}, "spec": disk})  # fmt: skip
+    # In memory: a tmpfs of sizeLimit bytes; the kernel refuses the write past it (ENOSPC).
+    condition, pod = run_job(
+        cluster, ns, "memory",
+        pod_spec("dd if=/dev/zero of=/scratch/f bs=1M count=16 2>/dev/termination-log; df -k /scratch | "
+                 "tail -1 | awk '{print $2}' >> /dev/termination-log", container=mount,
+                 volumes=[scratch("Memory")]),
+    )  # fmt: skip
+    assert condition == "Complete"
+    message = terminated(pod)["message"]
+    assert "No space left on device" in message and message.split()[-1] == "4096", message
+
+    def evicted() -> Obj | None:
+        status: Obj = client.get(f"/api/v1/namespaces/{ns}/pods/disk")["status"]
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for("the kubelet to evict the pod", evicted, timeout=120)
+    assert status["reason"] == "Evicted", status
+    assert status["message"].startswith('Usage of EmptyDir volume "scratch" exceeds the limit "4Mi"'), status
+
+
+def test_pod_reaches_minio_through_the_bridge(cluster: ClusterInfo, ns: str) -> None:
+    endpoint = cluster.pod_s3_endpoint()
+    assert endpoint.startswith(f"http://{cluster.pod_host}:")
     spec = pod_spec(
         f"wget -q -O /dev/null {endpoint}/minio/health/live && echo reached > /dev/termination-log"
     )
-    condition, pod = run_job(real, ns, "s3", spec)
+    condition, pod = run_job(cluster, ns, "s3", spec)
     assert condition == "Complete" and terminated(pod)["message"].strip() == "reached"
 
 
@@ -231,14 +257,14 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_second_cluster_runs_beside_and_down_leaves_nothing(real: ClusterInfo) -> None:
+def test_second_cluster_runs_beside_and_down_leaves_nothing(cluster: ClusterInfo) -> None:
     # A short path: unix sockets (the kubelet's under its root dir) have a 107-character limit.
     sd = Path(tempfile.mkdtemp(prefix="pitcrew-rn-"))
     info = up(
         UpOptions(state_dir=sd, node="real", build=False, build_tools=BUILD_TOOLS, s3=False, timeout=120)
     )
     try:
-        assert info.pod_host != real.pod_host  # its own bridge and subnet
+        assert info.pod_host != cluster.pod_host  # its own bridge and subnet
         client = KubeClient(info.server, info.token, info.ca_file.read_bytes())
         wait_for(
             "default ServiceAccount",
@@ -269,5 +295,5 @@ def test_second_cluster_runs_beside_and_down_leaves_nothing(real: ClusterInfo) -
     assert not Path("/sys/class/net", bridge).exists()
     assert not layout.socket.exists() and not layout.kubelet_dir.exists()
     # The first cluster is untouched.
-    assert real.client().get(f"/api/v1/nodes/{real.node_name}")["metadata"]["name"] == real.node_name
+    assert cluster.client().get(f"/api/v1/nodes/{cluster.node_name}")["metadata"]["name"] == cluster.node_name
     shutil.rmtree(sd)

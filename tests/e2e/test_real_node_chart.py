@@ -47,14 +47,14 @@ def helm_binary() -> Path:
 
 
 @pytest.fixture(scope="module")
-def chart_operator(real_cluster: ClusterInfo) -> Iterator[str]:
+def chart_operator(cluster: ClusterInfo) -> Iterator[str]:
     built, _ = build_images("operator")
     ((image, archive),) = built.items()
-    load_images([archive], real_cluster.state_dir)
+    load_images([archive], cluster.state_dir)
     repo, _, tag = image.rpartition(":")
     env = {
-        **real_cluster.pod_api_env(),
-        "PITCREW_S3_ENDPOINT": real_cluster.pod_s3_endpoint(),
+        **cluster.pod_api_env(),
+        "PITCREW_S3_ENDPOINT": cluster.pod_s3_endpoint(),
         "PITCREW_NAMESPACES": BUILDS_NS,
     }
     values: dict[str, Any] = {
@@ -62,33 +62,33 @@ def chart_operator(real_cluster: ClusterInfo) -> Iterator[str]:
         "env": env,
         "tenancy": {BUILDS_NS: {"builderImages": ["registry.invalid/*"]}},
     }
-    real_cluster.kubectl("create", "namespace", BUILDS_NS)
-    seed_checkpoint(real_cluster)
-    assert real_cluster.s3 is not None
-    real_cluster.kubectl(
+    cluster.kubectl("create", "namespace", BUILDS_NS)
+    seed_checkpoint(cluster)
+    assert cluster.s3 is not None
+    cluster.kubectl(
         "-n", BUILDS_NS, "create", "secret", "generic", "s3",
-        f"--from-literal=AWS_ACCESS_KEY_ID={real_cluster.s3.access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={real_cluster.s3.secret_key}",
+        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.s3.secret_key}",
     )  # fmt: skip
-    helm = [str(helm_binary()), "--kubeconfig", str(real_cluster.kubeconfig)]
+    helm = [str(helm_binary()), "--kubeconfig", str(cluster.kubeconfig)]
     proc = subprocess.run(
         [*helm, "install", RELEASE, str(ROOT / "helm" / "pitcrew"), "--namespace", RELEASE,
          "--create-namespace", "--values", "-", "--wait", "--timeout", "180s"],
         input=json.dumps(values), capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
-        pods = real_cluster.kubectl("-n", RELEASE, "get", "pods", "-o", "yaml", check=False).stdout
+        pods = cluster.kubectl("-n", RELEASE, "get", "pods", "-o", "yaml", check=False).stdout
         pytest.fail(f"helm install failed: {proc.stderr}\n{pods[-3000:]}")
     yield image
     subprocess.run([*helm, "uninstall", RELEASE, "--namespace", RELEASE], capture_output=True, check=False)
 
 
 def test_chart_runs_the_operator_image_as_a_ready_deployment(
-    real_cluster: ClusterInfo, chart_operator: str
+    cluster: ClusterInfo, chart_operator: str
 ) -> None:
-    deploy = real_cluster.kubectl_json("-n", RELEASE, "get", "deployment", RELEASE)
+    deploy = cluster.kubectl_json("-n", RELEASE, "get", "deployment", RELEASE)
     assert deploy["status"].get("readyReplicas") == 1, deploy["status"]
-    (pod,) = real_cluster.kubectl_json("-n", RELEASE, "get", "pods")["items"]
+    (pod,) = cluster.kubectl_json("-n", RELEASE, "get", "pods")["items"]
     assert pod["spec"]["serviceAccountName"] == RELEASE
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     (cs,) = pod["status"]["containerStatuses"]
@@ -98,31 +98,28 @@ def test_chart_runs_the_operator_image_as_a_ready_deployment(
     wait_for(
         "the operator to start",
         lambda: (
-            "pitcrew operator starting"
-            in real_cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}").stdout
+            "pitcrew operator starting" in cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}").stdout
         ),
     )
-    (pod,) = real_cluster.kubectl_json("-n", RELEASE, "get", "pods")["items"]
+    (pod,) = cluster.kubectl_json("-n", RELEASE, "get", "pods")["items"]
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
-def test_in_cluster_operator_reports_an_unpullable_builder(
-    real_cluster: ClusterInfo, chart_operator: str
-) -> None:
+def test_in_cluster_operator_reports_an_unpullable_builder(cluster: ClusterInfo, chart_operator: str) -> None:
     body = engine_build(
-        real_cluster, "pull", BUILDS_NS, retryLimit=0, builderImage=UNPULLABLE,
+        cluster, "pull", BUILDS_NS, retryLimit=0, builderImage=UNPULLABLE,
         **{"target.gpuProduct": GPU_PRODUCT},
     )  # fmt: skip
-    apply(real_cluster, body)
+    apply(cluster, body)
     try:
-        eb = wait_phase(real_cluster, BUILDS_NS, "pull", {"Failed", "Succeeded"}, timeout=180)
+        eb = wait_phase(cluster, BUILDS_NS, "pull", {"Failed", "Succeeded"}, timeout=180)
     except AssertionError as e:
-        logs = real_cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}", check=False)
+        logs = cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}", check=False)
         raise AssertionError(f"{e}\n--- operator pod log ---\n{logs.stdout[-4000:]}{logs.stderr}") from None
     st = eb["status"]
     assert (st["phase"], st["reason"]) == ("Failed", "ImagePullError"), st
     assert UNPULLABLE in st["message"], st["message"]
     wait_for(
         "the operator's log line about it",
-        lambda: "pull" in real_cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}").stdout,
+        lambda: "pull" in cluster.kubectl("-n", RELEASE, "logs", f"deploy/{RELEASE}").stdout,
     )

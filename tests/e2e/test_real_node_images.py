@@ -52,11 +52,11 @@ def build_images(*names: str) -> tuple[dict[str, Path], str]:
 
 
 @pytest.fixture(scope="module")
-def operator_image(real_cluster: ClusterInfo) -> str:
+def operator_image(cluster: ClusterInfo) -> str:
     built, _ = build_images("operator")
     ((name, archive),) = built.items()
     assert name.startswith("pitcrew.local/operator:") and archive.is_file()
-    load_images([archive], real_cluster.state_dir)
+    load_images([archive], cluster.state_dir)
     return name
 
 
@@ -67,11 +67,11 @@ def test_image_builds_are_cached_by_content(operator_image: str) -> None:
 
 
 def test_operator_image_runs_under_the_charts_security_context(
-    real_cluster: ClusterInfo, operator_image: str
+    cluster: ClusterInfo, operator_image: str
 ) -> None:
-    client = real_cluster.client()
+    client = cluster.client()
     ns = f"img-{uuid.uuid4().hex[:6]}"
-    real_cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "namespace", ns)
     wait_for(
         "default ServiceAccount",
         lambda: client.get_or_none(f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
@@ -119,4 +119,4 @@ def test_operator_image_runs_under_the_charts_security_context(
     assert status["phase"] == "Succeeded", cs
     assert cs["state"]["terminated"]["message"] == "uid=1000 ok"
     assert cs["imageID"].startswith("sha256:") and cs["image"] == operator_image
-    real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

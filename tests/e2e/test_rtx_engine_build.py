@@ -1,14 +1,19 @@
 """End to end with the real builder: kubectl apply an EngineBuild, get a TensorRT-RTX engine in S3.
 
 Everything is real here except the GPU: the control plane, MinIO, the operator (under its chart's
-RBAC), and `pitcrew-builder`, which the local node runs for the builder image. TensorRT-RTX compiles
-the engine ahead of time on this CPU for the target's compute capability.
+RBAC), and the builder image (builder_image/Dockerfile built by hack/build-images.sh) run by the
+real node's kubelet. TensorRT-RTX compiles the engine ahead of time on this CPU for the target's
+compute capability.
+
+The builder image (Debian's CPU-only torch, ~1.5 GB) is built once per machine and cached by
+content; `make test` builds it for the demo test anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,21 +21,38 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from controller.harness import Operator, apply, get_eb, install, new_namespace, owned, wait_phase
+from controller.harness import ROOT, Operator, apply, get_eb, install, new_namespace, owned, wait_phase
 from pitcrew_devcluster import ClusterInfo
+from pitcrew_devcluster.cluster import load_images
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def builder_image(cluster: ClusterInfo) -> str:
+    """The builder image (hack/build-images.sh, cached by content), loaded into the node."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-images.sh"), "builder"],
+        capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    name, _, archive = proc.stdout.strip().splitlines()[-1].partition("=")
+    load_images([Path(archive)], cluster.state_dir)
+    return name
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: ClusterInfo, builder_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
     install(cluster)
-    # The real builder images (the harness defaults the others to the fake builder).
+    # The real builder image (the harness defaults the others to the fake builder).
     op = Operator(
         cluster,
         tmp_path_factory.mktemp("e2e-operator"),
-        PITCREW_RTX_BUILDER_IMAGE="ghcr.io/pitcrew/builder-rtx:0.1.0",
-        PITCREW_CHECKPOINT_BUILDER_IMAGE="ghcr.io/pitcrew/builder:0.1.0",
+        PITCREW_RTX_BUILDER_IMAGE=builder_image,
+        PITCREW_CHECKPOINT_BUILDER_IMAGE=builder_image,
+        PITCREW_IMAGE_PULL_POLICY="Never",
     ).start()
     yield op
     op.stop()

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SUCCEEDED = "Succeeded"
     # -- failures read from the Job and its Pods -------------------------------------------------------
     OOM_KILLED = "OOMKilled"
+    EVICTED = "Evicted"  # by the kubelet, e.g. /scratch past its sizeLimit
     IMAGE_PULL_ERROR = "ImagePullError"
     CONTAINER_START_ERROR = "ContainerStartError"
     CONTAINER_CONFIG_ERROR = "ContainerConfigError"
