@@ -246,6 +246,12 @@ def _damaged_copy(saved: Saved, fmt: str, tmp_path: Path, remove: str) -> Path:
     [
         ("tp2", "mp_rank_01", "lacks mp_rank_01: the checkpoint was saved with tensor_model_parallel_size=2"),
         ("pp2", "mp_rank_00_001", "lacks mp_rank_00_001: the checkpoint was saved with "),
+        (
+            "tp2pp2",
+            "mp_rank_01_001",
+            "lacks mp_rank_01_001: the checkpoint was saved with "
+            "tensor_model_parallel_size=2, pipeline_model_parallel_size=2",
+        ),
     ],
 )
 def test_missing_rank_directory_is_named(
