@@ -46,7 +46,8 @@ class _Collector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         builds = GaugeMetricFamily("pitcrew_builds", "EngineBuilds by phase.", labels=["phase"])
         counts = {p.value: 0 for p in Phase}
-        for phase in STATE.phases.values():
+        # A copy: /metrics is served from another thread while watch events change the dict.
+        for phase in list(STATE.phases.values()):
             counts[phase] = counts.get(phase, 0) + 1
         for phase, n in sorted(counts.items()):
             builds.add_metric([phase], n)
