@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from pitcrew import jobs, jobview, metrics, poller, reconcile, sharing
+from pitcrew import follow, jobs, jobview, metrics, poller, reconcile, sharing
 from pitcrew.api.v1alpha1 import GROUP, PLURAL, VERSION, DeletionPolicy
 from pitcrew.runtime import RT, trim_job, trim_pod
 from pitcrew.settings import Settings, SettingsError
@@ -186,7 +186,7 @@ async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
         reconcile.wake_waiters(trimmed)
     else:
         metrics.STATE.active_jobs.add(job_uid)
-    RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))
+    RT.schedule(uid, lambda: follow.sync(uid, ns, name))
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS)
@@ -197,4 +197,4 @@ async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
     uid, ns, name = owner
     RT.remember(RT.pods, uid, body["metadata"]["name"], None if type == "DELETED" else trim_pod(body))
     if type != "DELETED":
-        RT.schedule(uid, lambda: reconcile.sync(uid, ns, name))
+        RT.schedule(uid, lambda: follow.sync(uid, ns, name))

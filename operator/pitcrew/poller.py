@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from pitcrew import memory, metrics, reconcile, sharing
+from pitcrew import follow, memory, metrics, reconcile, sharing
 from pitcrew.runtime import RT
 from pitcrew.statuses import TERMINAL
 
@@ -49,13 +49,13 @@ async def poll_one(uid: str, ns: str, name: str) -> None:
     if (
         job_name
         and status.get("phase") not in TERMINAL
-        and reconcile.current_job(uid, status) is None
+        and follow.current_job(uid, status) is None
         and await RT.kube.get(reconcile.jobs_path(ns, job_name)) is None
     ):
         log.warning("builder Job vanished; recreating", extra={"eb": f"{ns}/{name}", "job": job_name})
         await reconcile.run(uid, ns, name, "poll")
         return
-    await reconcile.sync(uid, ns, name)
+    await follow.sync(uid, ns, name)
 
 
 async def follow_in_flight() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pitcrew import cachekey, images, reconcile, slots
+from pitcrew import cachekey, follow, images, slots
 from pitcrew.runtime import Runtime, trim_job
 from pitcrew.settings import Settings
 
@@ -75,11 +75,11 @@ def test_what_a_job_ran() -> None:
 
 def test_sync_records_and_learns_what_the_pod_ran(monkeypatch: pytest.MonkeyPatch) -> None:
     rt = Runtime(settings=Settings())
-    monkeypatch.setattr(reconcile, "RT", rt)
+    monkeypatch.setattr(follow, "RT", rt)
     job = trim_job(
         {"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"image": TAG}]}}}}
     )
-    assert reconcile._ran(job, [_pod(f"reg.example/pitcrew/builder@{D1}")]) == f"{TAG}@{D1}"
+    assert follow._ran(job, [_pod(f"reg.example/pitcrew/builder@{D1}")]) == f"{TAG}@{D1}"
     assert rt.image_digests == {TAG: images.Seen(D1, "2026-12-01T10:00:05Z")}
     # After a restart the Jobs run by digest teach it again (Job view: watch or the priming LIST).
     rt2 = Runtime(settings=Settings())

@@ -1,4 +1,4 @@
-"""The state machine's executor (reconcile.reconcile, reconcile.sync) against a fake API client:
+"""The state machine's executor (reconcile.reconcile, follow.sync) against a fake API client:
 the writes it makes for a create, for transient API trouble, and for a failed builder upgrade."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from pitcrew import conditions, jobs, plans, reconcile, statuses
+from pitcrew import conditions, follow, jobs, plans, reconcile, statuses
 from pitcrew.api.v1alpha1 import Phase
 from pitcrew.kube import ApiError
 from pitcrew.runtime import Runtime, trim_job
@@ -69,6 +69,7 @@ def _runtime(monkeypatch: pytest.MonkeyPatch, kube: FakeKube) -> Runtime:
     rt.kube = kube  # type: ignore[assignment]
     rt.jobs_primed = True
     monkeypatch.setattr(reconcile, "RT", rt)
+    monkeypatch.setattr(follow, "RT", rt)
     return rt
 
 
@@ -166,7 +167,7 @@ def test_a_failed_upgrade_rebuild_keeps_ready_and_the_previous_engine(
         },
     }
     rt.pods = {UID: {pod["metadata"]["name"]: pod}}
-    asyncio.run(reconcile.sync(UID, NS, NAME))
+    asyncio.run(follow.sync(UID, NS, NAME))
     (status,) = kube.patches
     assert (status["phase"], status["reason"]) == ("Succeeded", "UpgradeFailed"), status
     assert "engine" not in status  # the merge patch leaves status.engine (the previous engine) alone
@@ -187,5 +188,5 @@ def test_the_follower_writes_nothing_for_an_older_generation(monkeypatch: pytest
     rt = _runtime(monkeypatch, kube)
     rt.jobs = {UID: {job["metadata"]["name"]: trim_job(job)}}
     rt.note_generation(UID, 2)
-    asyncio.run(reconcile.sync(UID, NS, NAME))
+    asyncio.run(follow.sync(UID, NS, NAME))
     assert kube.patches == []

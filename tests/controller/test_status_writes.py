@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pitcrew import jobstatus, reconcile, statuses
+from pitcrew import follow, jobstatus, statuses
 from pitcrew.api.v1alpha1 import Phase
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -20,30 +20,26 @@ def _verdict(phase: Phase, reason: str) -> jobstatus.Verdict:
 
 def test_fresh_build_waiting_or_starting_is_not_written_as_queued() -> None:
     for reason in (jobstatus.WAITING, jobstatus.STARTING):
-        wait = reconcile.quiet_queued_wait({}, _verdict(Phase.QUEUED, reason), _job(2), NOW, 10)
+        wait = follow.quiet_queued_wait({}, _verdict(Phase.QUEUED, reason), _job(2), NOW, 10)
         assert wait is not None and 8 < wait <= 8.2
     # After the quiet window it is written (a slow image pull is worth showing).
-    assert (
-        reconcile.quiet_queued_wait({}, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(11), NOW, 10) is None
-    )
+    assert follow.quiet_queued_wait({}, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(11), NOW, 10) is None
 
 
 def test_queued_is_written_at_once_when_it_tells_something() -> None:
     fresh = _job(1)
     # Unschedulable (why it waits) and retrying pods are news.
     for reason in (jobstatus.SCHEDULING, jobstatus.RETRYING):
-        assert reconcile.quiet_queued_wait({}, _verdict(Phase.QUEUED, reason), fresh, NOW, 10) is None
+        assert follow.quiet_queued_wait({}, _verdict(Phase.QUEUED, reason), fresh, NOW, 10) is None
     # A build already showing a phase (e.g. the old build of a changed spec) moves at once.
     shown = {"phase": "Building"}
-    assert (
-        reconcile.quiet_queued_wait(shown, _verdict(Phase.QUEUED, jobstatus.WAITING), fresh, NOW, 10) is None
-    )
+    assert follow.quiet_queued_wait(shown, _verdict(Phase.QUEUED, jobstatus.WAITING), fresh, NOW, 10) is None
     # Building and final verdicts are never held back.
     for phase in (Phase.BUILDING, Phase.SUCCEEDED, Phase.FAILED):
-        assert reconcile.quiet_queued_wait({}, _verdict(phase, "x"), fresh, NOW, 10) is None
+        assert follow.quiet_queued_wait({}, _verdict(phase, "x"), fresh, NOW, 10) is None
     # No creation time: nothing to measure the window from.
     assert (
-        reconcile.quiet_queued_wait({}, _verdict(Phase.QUEUED, jobstatus.WAITING), {"metadata": {}}, NOW, 10)
+        follow.quiet_queued_wait({}, _verdict(Phase.QUEUED, jobstatus.WAITING), {"metadata": {}}, NOW, 10)
         is None
     )
 
@@ -77,10 +73,10 @@ def test_the_job_created_write_keeps_the_quiet_window() -> None:
     the quiet window still holds back WaitingForPod/Starting, so a pod that starts at once is next
     written as Building (5 state writes per build at most: see docs/controller.md)."""
     created = {"phase": "Queued", "reason": jobstatus.JOB_CREATED, "observedGeneration": 1}
-    wait = reconcile.quiet_queued_wait(created, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
+    wait = follow.quiet_queued_wait(created, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
     assert wait is not None and 8 < wait <= 8.2
     waiting = {**created, "reason": "WaitingForBuildSlot"}
     assert (
-        reconcile.quiet_queued_wait(waiting, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
+        follow.quiet_queued_wait(waiting, _verdict(Phase.QUEUED, jobstatus.STARTING), _job(2), NOW, 10)
         is None
     )

@@ -1,6 +1,6 @@
 """A Complete Job whose Pod the watch has not shown yet (e.g. right after a restart) is not a failure.
 
-reconcile.sync runs against a fake API client: the Job view has the Complete Job, the Pod view is
+follow.sync runs against a fake API client: the Job view has the Complete Job, the Pod view is
 empty, and the API server (fake) has the Pod with the builder's result.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pitcrew import jobs, plans, reconcile
+from pitcrew import follow, jobs, plans, reconcile
 from pitcrew.api.plan import BuildResult
 from pitcrew.runtime import Runtime, trim_job
 from pitcrew.settings import Settings
@@ -89,6 +89,7 @@ def _setup(monkeypatch: pytest.MonkeyPatch, pod_phase: str | None) -> FakeKube:
     rt.kube = kube  # type: ignore[assignment]
     rt.jobs = {UID: {meta["name"]: trim_job(job)}}
     monkeypatch.setattr(reconcile, "RT", rt)
+    monkeypatch.setattr(follow, "RT", rt)
     return kube
 
 
@@ -96,7 +97,7 @@ def test_pods_are_listed_before_a_complete_job_is_called_a_bad_result(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kube = _setup(monkeypatch, "Succeeded")
-    asyncio.run(reconcile.sync(UID, NS, NAME))
+    asyncio.run(follow.sync(UID, NS, NAME))
     (patch,) = kube.patches
     assert patch["status"]["phase"] == "Succeeded", patch
     assert any(path.endswith(f"/namespaces/{NS}/pods") for path, _ in kube.listed)
@@ -104,6 +105,6 @@ def test_pods_are_listed_before_a_complete_job_is_called_a_bad_result(
 
 def test_a_pod_that_is_really_gone_is_still_a_bad_result(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = _setup(monkeypatch, None)
-    asyncio.run(reconcile.sync(UID, NS, NAME))
+    asyncio.run(follow.sync(UID, NS, NAME))
     (patch,) = kube.patches
     assert patch["status"]["phase"] == "Failed" and patch["status"]["reason"] == "BadBuildResult"
