@@ -110,15 +110,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=5)
-    ap.add_argument("--node", choices=("real", "process"), default="real", help="process: for comparison")
     args = ap.parse_args()
     ups, downs, mems, jobs = [], [], [], []
     for r in range(args.repeat):
         sd = Path(tempfile.mkdtemp(prefix="pitcrew-rnb-"))
         t0 = time.monotonic()
-        info = up(
-            UpOptions(state_dir=sd, node=args.node, build=False, build_tools=BUILD_TOOLS, say=lambda _m: None)
-        )
+        info = up(UpOptions(state_dir=sd, build=False, build_tools=BUILD_TOOLS, say=lambda _m: None))
         ups.append(time.monotonic() - t0)
         try:
             time.sleep(10)  # settle: first node status updates, kubelet caches

@@ -14,6 +14,8 @@ tests/e2e/realnode_support.py).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,3 +105,12 @@ def fake_gpu_nodes(cluster: ClusterInfo) -> Callable[[int], list[str]]:
         return start_kwok(count, cluster.state_dir, build=False, build_tools=BUILD_TOOLS)
 
     return add
+
+
+@pytest.fixture
+def short_state_dir() -> Iterator[Path]:
+    """An empty state dir for a cluster of a test's own, short enough for the kubelet's unix sockets
+    (107 characters; pytest's tmp_path can be too long)."""
+    path = Path(tempfile.mkdtemp(prefix="pc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

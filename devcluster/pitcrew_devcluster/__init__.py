@@ -1,5 +1,5 @@
 """A local Kubernetes control plane for tests and demos: etcd, kube-apiserver, controller-manager,
-scheduler, MinIO as S3, a local node that runs pods as processes, and optional kwok fake nodes.
+scheduler, MinIO as S3, a real node (kubelet + containerd + runc), and optional kwok fake nodes.
 
     python -m pitcrew_devcluster up|down|env|status        (or the `pitcrew-devcluster` script)
 

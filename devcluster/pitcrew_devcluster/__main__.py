@@ -16,7 +16,7 @@ from .state import default_state_dir
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pitcrew_devcluster",
-        description="Local Kubernetes control plane + S3 + local GPU node for tests.",
+        description="Local Kubernetes control plane + S3 + a real node (kubelet + containerd) for tests.",
     )
     state_help = (
         "where state, logs and kubeconfig live (default: $PITCREW_STATE_DIR or .pitcrew/devcluster "
@@ -34,15 +34,14 @@ def _parser() -> argparse.ArgumentParser:
         "--node",
         choices=cluster.NODE_KINDS,
         default=d.node,
-        help="process: pods run as host processes (default); real: kubelet + containerd + runc "
-        "(root, Debian packages from hack/install-node-deps.sh)",
+        help="real: kubelet + containerd + runc (root, Debian packages from hack/install-node-deps.sh)",
     )
     u.add_argument("--node-name", default=d.node_name)
-    u.add_argument("--gpus", type=int, default=d.gpus, help="nvidia.com/gpu capacity of the local node")
+    u.add_argument("--gpus", type=int, default=d.gpus, help="nvidia.com/gpu capacity of the node")
     u.add_argument("--gpu-product", default=d.gpu_product, help="nvidia.com/gpu.product label")
     u.add_argument("--compute-capability", default=d.compute_capability, help="e.g. 8.0, 8.9, 9.0")
-    u.add_argument("--node-cpu", default=d.node_cpu, help="advertised cpu capacity (not enforced)")
-    u.add_argument("--node-memory", default=d.node_memory, help="advertised memory capacity (not enforced)")
+    u.add_argument("--node-cpu", default=d.node_cpu, help="cpu capacity the kwok nodes advertise")
+    u.add_argument("--node-memory", default=d.node_memory, help="memory capacity the kwok nodes advertise")
     u.add_argument("--bucket", default=d.bucket)
     u.add_argument("--no-s3", action="store_true", help="do not start MinIO")
     u.add_argument("--kwok-nodes", type=int, default=0, help="also start kwok with N fake GPU nodes")
@@ -57,28 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         help="hack/build-tools.sh of the checkout (default: $PITCREW_BUILD_TOOLS or ./hack/build-tools.sh)",
     )
     u.add_argument(
-        "--image-rule",
-        action="append",
-        default=[],
-        metavar="PREFIX=PROGRAM",
-        help="run images starting with PREFIX as PROGRAM (its ENTRYPOINT); repeatable",
-    )
-    u.add_argument(
-        "--local-image",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="also treat images matching PATTERN (fnmatch) as present on the local node; repeatable "
-        "(others that no image rule maps fail with ErrImagePull)",
-    )
-
-    u.add_argument(
         "--image",
         type=Path,
         action="append",
         default=[],
         metavar="ARCHIVE",
-        help="(real node) import this OCI image archive into containerd; repeatable",
+        help="import this OCI image archive into the node's containerd; repeatable",
     )
 
     dn = sub.add_parser(
@@ -112,12 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     state_dir: Path = (args.state_dir or default_state_dir()).resolve()
     try:
         if args.cmd == "up":
-            rules = []
-            for r in args.image_rule:
-                prefix, sep, prog = r.partition("=")
-                if not sep:
-                    raise DevclusterError(f"--image-rule {r!r}: expected PREFIX=PROGRAM")
-                rules.append({"prefix": prefix, "entrypoint": shlex.split(prog)})
             info = cluster.up(
                 cluster.UpOptions(
                     state_dir=state_dir,
@@ -136,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=args.timeout,
                     build=not args.no_build,
                     build_tools=(args.build_tools or binaries.default_build_tools()).resolve(),
-                    image_rules=rules,
-                    local_images=args.local_image,
                     images=args.image,
                 )
             )

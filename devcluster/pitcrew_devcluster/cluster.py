@@ -1,9 +1,8 @@
-"""Bringing the whole devcluster up and down: control plane, S3, the local node and kwok."""
+"""Bringing the whole devcluster up and down: control plane, S3, the real node and kwok."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 import sys
@@ -32,16 +31,15 @@ from . import (
 from .errors import DevclusterError
 from .info import ClusterInfo
 from .kubeapi import ApiError, KubeClient
-from .localnode.config import DEFAULT_LOCAL_IMAGES, default_image_rules
 from .procs import Proc
 
 Running = list[tuple[Proc, subprocess.Popen[bytes] | None]]
 
-# Stopped stage by stage: the node first (the local node stops its pods on SIGTERM; the real node's
-# containers are killed through containerd right after its kubelet stops), then the API server's
-# clients, then the API server while etcd still answers (else it hangs in shutdown).
+# Stopped stage by stage: the kubelet first (the node's containers are killed through containerd
+# right after it stops), then the API server's clients, then the API server while etcd still
+# answers (else it hangs in shutdown).
 STOP_ORDER = (
-    ("localnode", "kubelet"),
+    ("kubelet",),
     ("kwok", "kube-controller-manager", "kube-scheduler", "minio", "containerd"),
     ("kube-apiserver",),
     ("etcd",),
@@ -60,9 +58,9 @@ class UpOptions:
     gpu_product: str = "NVIDIA-A100-SXM4-80GB"
     compute_capability: str = "8.0"
     gpu_memory_mib: int = 81920
-    # "process": the local node runs pods as host processes; "real": kubelet + containerd + runc.
-    node: str = "process"
-    # What the node advertises to the scheduler (the process node does not enforce it).
+    # "real": kubelet + containerd + runc (the only kind; kept as an option for the CLI and state).
+    node: str = "real"
+    # What kwok nodes advertise to the scheduler (the real node reports the machine's own).
     node_cpu: str = "32"
     node_memory: str = "256Gi"
     s3: bool = True
@@ -74,13 +72,8 @@ class UpOptions:
     build: bool = True
     # hack/build-tools.sh, which builds the binaries and knows their versions and cache folders.
     build_tools: Path = field(default_factory=binaries.default_build_tools)
-    # OCI image archives the real node imports into containerd (e.g. from hack/build-images.sh).
+    # OCI image archives the node imports into containerd (e.g. from hack/build-images.sh).
     images: list[Path] = field(default_factory=list)
-    # Extra localnode image rules, tried before the defaults: {"prefix", "entrypoint", "cmd"}.
-    image_rules: list[dict[str, Any]] = field(default_factory=list)
-    # Extra fnmatch patterns of images the local node treats as present (besides the rules'
-    # prefixes and localnode.config.DEFAULT_LOCAL_IMAGES); others fail with ErrImagePull.
-    local_images: list[str] = field(default_factory=list)
     say: Callable[[str], None] = _stderr
 
 
@@ -96,31 +89,7 @@ def node_ready(client: KubeClient, name: str) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
-def _localnode_config(
-    opts: UpOptions, sd: Path, kubeconfig_path: Path, creds: certs.Credentials, log_port: int
-) -> dict[str, Any]:
-    venv_bin = str(Path(sys.executable).parent)
-    return {
-        "kubeconfig": str(kubeconfig_path),
-        "node_name": opts.node_name,
-        "gpus": opts.gpus,
-        "gpu_product": opts.gpu_product,
-        "compute_capability": opts.compute_capability,
-        "gpu_memory_mib": opts.gpu_memory_mib,
-        "cpu": opts.node_cpu,
-        "memory": opts.node_memory,
-        "work_dir": str(sd / "pods"),
-        "pvc_dir": str(sd / "pvcs"),
-        "venv_bin": venv_bin,
-        "log_port": log_port,
-        "tls_cert": str(creds.serving_cert),
-        "tls_key": str(creds.serving_key),
-        "image_rules": [*opts.image_rules, *default_image_rules()],
-        "local_images": [*DEFAULT_LOCAL_IMAGES, *opts.local_images],
-    }
-
-
-NODE_KINDS = ("process", "real")
+NODE_KINDS = ("real",)
 
 
 def _real_network(st: state.State | None) -> realnode.Network | None:
@@ -170,7 +139,6 @@ def up(opts: UpOptions) -> ClusterInfo:
                 )
             opts.say(f"removing stale state of a devcluster that is no longer running in {sd}")
             _stop(prev, sd, grace=3)
-            kill_pod_processes(sd)
             prev.path.unlink()
         return _up(opts, sd)
 
@@ -179,16 +147,14 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
     t0 = time.monotonic()
     if opts.node not in NODE_KINDS:
         raise DevclusterError(f"node {opts.node!r}: choose one of {', '.join(NODE_KINDS)}")
-    real = opts.node == "real"
     layout = realnode.Layout.of(sd)
     gpu = realnode.GpuModel(opts.gpu_product, opts.compute_capability, opts.gpus, opts.gpu_memory_mib)
-    if real:
-        realnode.check_host(layout)
-        gpu.labels()  # validates the compute capability before anything starts
+    realnode.check_host(layout)
+    gpu.labels()  # validates the compute capability before anything starts
     components = [
         "etcd",
         "kubernetes",
-        *(["kubelet"] if real else []),
+        "kubelet",
         *(["minio"] if opts.s3 else []),
         *(["kwok"] if opts.kwok_nodes else []),
     ]
@@ -198,7 +164,7 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         ports.require_free(opts.apiserver_port, "kube-apiserver")
     if opts.s3 and opts.s3_port is not None:
         ports.require_free(opts.s3_port, "minio")
-    free = ports.pick_free_ports(11)
+    free = ports.pick_free_ports(10)
     p = controlplane.Ports(
         etcd_client=free[0],
         etcd_peer=free[1],
@@ -206,21 +172,20 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         controller_manager=free[3],
         scheduler=free[4],
     )
-    s3_port, console_port, kwok_port, log_port = opts.s3_port or free[5], free[6], free[7], free[8]
-    kubelet_port, kubelet_healthz = free[9], free[10]
+    s3_port, console_port, kwok_port = opts.s3_port or free[5], free[6], free[7]
+    kubelet_port, kubelet_healthz = free[8], free[9]
 
     _fresh(sd)
     logs = sd / "logs"
-    # The real node's pods reach the API server (and MinIO) at their bridge's gateway: the API
-    # server listens there instead of loopback, and its certificate names that address.
-    network = realnode.create_network() if real else None
+    # The node's pods reach the API server (and MinIO) at their bridge's gateway: the API server
+    # listens there instead of loopback, and its certificate names that address.
+    network = realnode.create_network()
     try:
-        creds = certs.generate(sd / "pki", extra_ips=(network.gateway,) if network else ())
+        creds = certs.generate(sd / "pki", extra_ips=(network.gateway,))
     except BaseException:
-        if network is not None:
-            realnode.delete_network(network)
+        realnode.delete_network(network)
         raise
-    api_host = network.gateway if network else ports.LOOPBACK
+    api_host = network.gateway
     server = f"https://{api_host}:{p.apiserver}"
     kcfg = kubeconfig.write(sd / "kubeconfig", server, creds.ca_cert, creds.admin_token)
     s3 = s3server.credentials(opts.bucket, s3_port) if opts.s3 else None
@@ -233,9 +198,9 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         node_name=opts.node_name,
         s3=s3,
         node=opts.node,
-        pod_host=network.gateway if network else ports.LOOPBACK,
+        pod_host=network.gateway,
     )
-    real_info = {"realnode": {"bridge_index": network.index}} if network else {}
+    real_info = {"realnode": {"bridge_index": network.index}}
     st = state.State(state_dir=sd, info={**info.to_json(), **real_info})
     st.save()  # recorded before anything starts, so `down` removes the bridge
     running: Running = []
@@ -254,15 +219,14 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         return logs / f"{name}.log"
 
     try:
-        if network is not None:
-            realnode.prepare(
-                layout,
-                network,
-                sandbox_image=images.PAUSE_IMAGE,
-                kubelet_cfg=realnode.kubelet_config(
-                    layout, network, port=kubelet_port, healthz_port=kubelet_healthz, ca_file=creds.ca_cert
-                ),
-            )
+        realnode.prepare(
+            layout,
+            network,
+            sandbox_image=images.PAUSE_IMAGE,
+            kubelet_cfg=realnode.kubelet_config(
+                layout, network, port=kubelet_port, healthz_port=kubelet_healthz, ca_file=creds.ca_cert
+            ),
+        )
         # Phase 1, in parallel: etcd, apiserver (it retries etcd until it answers), MinIO, containerd.
         start("etcd", controlplane.etcd(bins, p, sd / "etcd"))
         start("kube-apiserver", controlplane.apiserver(bins, p, creds, sd / "apiserver-certs", api_host))
@@ -284,45 +248,35 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
         if s3 is not None:
             s3dir = sd / "s3"
             s3dir.mkdir(exist_ok=True)
-            host = "0.0.0.0" if real else ports.LOOPBACK  # the real node's pods come via their gateway
+            host = "0.0.0.0"  # the node's pods come via their gateway
             start("minio", s3server.argv(bins, s3dir, s3_port, console_port, host), env=s3server.env(s3))
             checks.append(readiness.Check("minio", lambda: s3server.live(s3), log_of("minio")))
-        if real:
-            start("containerd", realnode.containerd_argv(layout))
-            checks.append(
-                readiness.Check("containerd", lambda: realnode.containerd_ready(layout), log_of("containerd"))
-            )
+        start("containerd", realnode.containerd_argv(layout))
+        checks.append(
+            readiness.Check("containerd", lambda: realnode.containerd_ready(layout), log_of("containerd"))
+        )
         readiness.wait(checks, running, timeout=opts.timeout, on_ready=ready)
-        if real:
-            specs = images.node_images()
-            archives = [*images.write_archives(layout.images, specs), *opts.images]
-            realnode.load_images(layout, archives)
-            ready(f"images {', '.join(s.name for s in specs)} and {len(opts.images)} archive(s)", 0)
+        specs = images.node_images()
+        archives = [*images.write_archives(layout.images, specs), *opts.images]
+        realnode.load_images(layout, archives)
+        ready(f"images {', '.join(s.name for s in specs)} and {len(opts.images)} archive(s)", 0)
 
         # Phase 2, in parallel: everything that needs a serving apiserver.
         kcm_url = f"https://{ports.LOOPBACK}:{p.controller_manager}/healthz"
         sched_url = f"https://{ports.LOOPBACK}:{p.scheduler}/healthz"
         start("kube-controller-manager", controlplane.controller_manager(bins, p, creds, kcfg))
         start("kube-scheduler", controlplane.scheduler(bins, p, creds, kcfg))
-        if network is not None:
-            start(
-                "kubelet",
-                realnode.kubelet_argv(
-                    bins.path("kubelet"),
-                    layout,
-                    network,
-                    node_name=opts.node_name,
-                    kubeconfig=kcfg,
-                    labels={"pitcrew.dev/node": "real", **gpu.labels()},
-                ),
-            )
-        else:
-            node_cfg = sd / "localnode.json"
-            node_cfg.write_text(json.dumps(_localnode_config(opts, sd, kcfg, creds, log_port), indent=2))
-            start(
-                "localnode", [sys.executable, "-m", "pitcrew_devcluster.localnode", "--config", str(node_cfg)]
-            )
-        node_proc = "kubelet" if real else "localnode"
+        start(
+            "kubelet",
+            realnode.kubelet_argv(
+                bins.path("kubelet"),
+                layout,
+                network,
+                node_name=opts.node_name,
+                kubeconfig=kcfg,
+                labels={"pitcrew.dev/node": "real", **gpu.labels()},
+            ),
+        )
         if opts.kwok_nodes:
             start("kwok", kwok.argv(bins, kcfg, kwok_port, kwok.write_config(sd / "kwok", bins)))
         client = info.client()
@@ -337,11 +291,8 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
             ),
             readiness.Check(
                 f"node {opts.node_name}",
-                lambda: (
-                    node_ready(client, opts.node_name)
-                    and (not real or _finish_real_node(client, opts.node_name, gpu))
-                ),
-                log_of(node_proc),
+                lambda: node_ready(client, opts.node_name) and _finish_real_node(client, opts.node_name, gpu),
+                log_of("kubelet"),
             ),
         ]
         if s3 is not None:
@@ -381,7 +332,6 @@ def _up(opts: UpOptions, sd: Path) -> ClusterInfo:
     except BaseException:
         # Never leave half a cluster behind: stop what we started, keep the logs.
         _stop(st, sd, grace=3)
-        kill_pod_processes(sd)
         st.path.unlink(missing_ok=True)
         raise
     opts.say(f"up in {time.monotonic() - t0:.1f} s; state in {sd}")
@@ -503,20 +453,6 @@ def load_images(archives: list[Path], state_dir: Path | None = None) -> list[str
     return realnode.load_images(realnode.Layout.of(sd), archives)
 
 
-def kill_pod_processes(sd: Path) -> int:
-    """Kills pod processes a localnode left behind (it records `pid start_ticks` per container)."""
-    leftovers = []
-    for pidfile in (sd / "pods").glob("*/containers/*/pid"):
-        try:
-            pid_s, ticks_s = pidfile.read_text().split()
-        except (OSError, ValueError):
-            continue
-        leftovers.append(
-            Proc(name=f"pod {pidfile.parent}", pid=int(pid_s), start_ticks=int(ticks_s), log="", argv=[])
-        )
-    return len(procs.stop_all(leftovers, grace=3)) if leftovers else 0
-
-
 def load(state_dir: Path | None = None) -> ClusterInfo | None:
     """The devcluster running in `state_dir`, or None unless every component is alive."""
     sd = (state_dir or state.default_state_dir()).resolve()
@@ -537,9 +473,6 @@ def down(state_dir: Path | None = None, *, purge: bool = False, say: Callable[[s
             if killed:
                 say(f"had to SIGKILL: {', '.join(killed)}")
             st.path.unlink(missing_ok=True)
-        stray = kill_pod_processes(sd)
-        if stray:
-            say(f"killed {stray} leftover pod process(es)")
         shutil.rmtree(sd / "etcd", ignore_errors=True)
         if purge:
             for child in sd.iterdir():

@@ -33,9 +33,9 @@ class ClusterInfo:
     node_name: str
     s3: S3Info | None = None
     kwok_nodes: tuple[str, ...] = field(default_factory=tuple)
-    # "process" (the local node runs pods as processes) or "real" (kubelet + containerd).
-    node: str = "process"
-    # The host's address as pods see it: loopback for process pods, the bridge gateway on the real node.
+    # "real": kubelet + containerd (the only kind of node).
+    node: str = "real"
+    # The host's address as pods see it: their bridge's gateway.
     pod_host: str = "127.0.0.1"
 
     def to_json(self) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class ClusterInfo:
             node_name=d["node_name"],
             s3=S3Info.from_json(d["s3"]) if d.get("s3") else None,
             kwok_nodes=tuple(d.get("kwok_nodes", ())),
-            node=d.get("node", "process"),
+            node=d.get("node", "real"),
             pod_host=d.get("pod_host", "127.0.0.1"),
         )
 

@@ -1,7 +1,7 @@
 """A small, thread-safe Kubernetes REST client over `requests`, working on plain dicts.
 
-The daemons (localnode, readiness checks) need a handful of verbs and a watch that survives
-restarts; plain JSON keeps the pod-spec logic testable without client models.
+The devcluster (readiness checks, node setup, kwok nodes) and the tests need a handful of verbs and
+a watch that survives restarts; plain JSON needs no client models.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import yaml
 from pitcrew_devcluster import ClusterInfo
 from pitcrew_devcluster.realnode import Layout, ctr
 
-from .fake_image import FAKE, FAKE_BUILDER_SCRIPT
+from .fake_image import FAKE
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "pitcrew-system"
@@ -48,21 +48,6 @@ TEST_POLICY = {
         "maxResources": {"memory": "1Gi"},
     }
 }
-
-
-BUILDER_IMAGE = "ghcr.io/pitcrew/builder"  # also the prefix of ghcr.io/pitcrew/builder-rtx
-
-
-def fake_builder_rule() -> dict[str, Any]:
-    """The process node's image rule for the FAKE builder (the real node runs fake_image.py's image)."""
-    return {"prefix": FAKE, "entrypoint": [sys.executable, str(FAKE_BUILDER_SCRIPT)]}
-
-
-def builder_image_rule(venv_bin: Path | None = None) -> dict[str, Any]:
-    """The process node's image rule for the builder images: builder_image/Dockerfile's
-    ENTRYPOINT ["pitcrew-builder"], CMD ["--help"], as the console script of this venv."""
-    bin_dir = venv_bin or Path(sys.executable).parent
-    return {"prefix": BUILDER_IMAGE, "entrypoint": [str(bin_dir / "pitcrew-builder")], "cmd": ["--help"]}
 
 
 sys.path.insert(0, str(ROOT / "hack"))

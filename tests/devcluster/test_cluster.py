@@ -229,7 +229,7 @@ def test_second_up_is_refused(cluster: ClusterInfo) -> None:
     assert cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
 
 
-def test_port_in_use_is_reported(tmp_path: Path, cluster: ClusterInfo) -> None:
+def test_port_in_use_is_reported(short_state_dir: Path, cluster: ClusterInfo) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -239,10 +239,10 @@ def test_port_in_use_is_reported(tmp_path: Path, cluster: ClusterInfo) -> None:
         ):
             up(
                 UpOptions(
-                    state_dir=tmp_path / "second", apiserver_port=port, build=False, build_tools=BUILD_TOOLS
+                    state_dir=short_state_dir, apiserver_port=port, build=False, build_tools=BUILD_TOOLS
                 )
             )
-    assert not (tmp_path / "second" / "state.json").exists()
+    assert not (short_state_dir / "state.json").exists()
 
 
 @pytest.mark.skipif(os.environ.get("PITCREW_SKIP_KWOK") == "1", reason="PITCREW_SKIP_KWOK=1")

@@ -25,7 +25,8 @@ from controller.harness import ROOT, Operator, apply, get_eb, install, new_names
 from pitcrew_devcluster import ClusterInfo
 from pitcrew_devcluster.cluster import load_images
 
-pytestmark = pytest.mark.slow
+# The first run builds the builder image (minutes, and it may wait for another build's lock).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
