@@ -235,7 +235,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     total = sum(sizes.values())
     src = tmp / "model"
     write_files(src, sizes)
-    large = sum(1 for s in sizes.values() if s >= TransferSettings.from_env().resumable_threshold)
+    threshold = TransferSettings.from_env().resumable_threshold
+    large = sum(1 for s in sizes.values() if threshold is not None and s >= threshold)
     print(
         f"data: {len(sizes)} files, {total / MiB:.0f} MiB ({large} at or above pitcrew's "
         f"resumable threshold, largest {max(sizes.values()) / MiB:.0f} MiB)",

@@ -36,18 +36,28 @@ class TransferSettings:
     concurrency: int = 8
     # Resumable unit of large downloads (a part is recorded as done when all of it is on disk).
     part_size: int = 64 * MiB
-    # Objects at least this large are fetched with our resumable ranged downloader.
-    resumable_threshold: int = 128 * MiB
+    # Objects at least this large are fetched with our resumable ranged downloader; None: none are.
+    # Off by default: the operator's builder pods run restartPolicy Never on an emptyDir, so a retry
+    # starts on an empty disk and part-level resume never helps there, while the ranged path costs
+    # speed (awscrt cannot write a ranged GET at a file offset, so Python writes every chunk: 0.57x
+    # s5cmd vs 0.95x for whole-file GETs written by the CRT, docs/benchmarks.md). Set it for CLI runs
+    # on a work dir that outlives the process (a PVC). Whole files still resume file by file.
+    resumable_threshold: int | None = None
 
     @classmethod
     def from_env(cls) -> TransferSettings:
         return cls(
             concurrency=int(os.environ.get("PITCREW_S3_CONCURRENCY", cls.concurrency)),
             part_size=int(os.environ.get("PITCREW_S3_PART_SIZE", cls.part_size)),
-            resumable_threshold=int(
-                os.environ.get("PITCREW_S3_RESUMABLE_THRESHOLD", cls.resumable_threshold)
-            ),
+            resumable_threshold=_optional_size(os.environ.get("PITCREW_S3_RESUMABLE_THRESHOLD")),
         )
+
+
+def _optional_size(value: str | None) -> int | None:
+    """A byte count from the environment; unset, empty or "off" means none."""
+    if value is None or value.strip().lower() in ("", "off"):
+        return None
+    return int(value)
 
 
 def credentials_for(role: Role, environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -64,7 +64,14 @@ def test_sigkill_mid_download_then_rerun_fetches_only_the_missing_parts(
     plan_file = write_plan(plan, tmp_path / "plan.json")
     work, term = tmp_path / "work", tmp_path / "term.json"
     # The Job's settings are the same on every attempt (a different part size would discard the parts).
-    env = {**builder_env, "PITCREW_S3_PART_SIZE": str(PART), "PITCREW_S3_CONCURRENCY": "2"}
+    env = {
+        **builder_env,
+        "PITCREW_S3_PART_SIZE": str(PART),
+        "PITCREW_S3_CONCURRENCY": "2",
+        # Part-level resume is off by default (pods restart on an empty disk); this is the CLI on a
+        # work dir that outlives the process.
+        "PITCREW_S3_RESUMABLE_THRESHOLD": str(PART),
+    }
 
     # 1. The builder stops after KILL_AFTER_PARTS ranged parts are recorded in the sidecar (the parts
     #    in flight then end too) and signals through a file; SIGKILL it there.

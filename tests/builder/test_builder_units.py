@@ -16,6 +16,7 @@ from pitcrew_builder.errors import InvalidSpec
 from pitcrew_builder.pipeline import work_dir_name
 from pitcrew_builder.progress import ProgressReporter, overall_percent, should_flush
 from pitcrew_builder.report import render_result
+from pitcrew_builder.s3 import TransferSettings
 from pitcrew_builder.stages.fetch import (
     PartState,
     RemoteObject,
@@ -262,3 +263,18 @@ def test_s3_clients_share_the_model_loader_not_credentials(monkeypatch: pytest.M
     assert output._request_signer._credentials.access_key == "out-key"
     loaders = {id(c._loader) for c in (source, output)}
     assert len(loaders) == 1  # the S3 model is parsed once per process
+
+
+@pytest.mark.parametrize(
+    ("value", "threshold"),
+    [(None, None), ("", None), ("off", None), ("OFF", None), ("134217728", 128 * 1024 * 1024)],
+)
+def test_part_level_resume_is_off_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, threshold: int | None
+) -> None:
+    # The operator's pods restart on an empty emptyDir: whole-file GETs (CRT-written) by default.
+    if value is None:
+        monkeypatch.delenv("PITCREW_S3_RESUMABLE_THRESHOLD", raising=False)
+    else:
+        monkeypatch.setenv("PITCREW_S3_RESUMABLE_THRESHOLD", value)
+    assert TransferSettings.from_env().resumable_threshold == threshold

@@ -371,7 +371,8 @@ class S3Fetcher:
         # of the large ones; all share the `concurrency` slots.
         large = []
         for obj, head in zip(todo, heads, strict=True):
-            if obj.size >= self.settings.resumable_threshold:
+            threshold = self.settings.resumable_threshold
+            if threshold is not None and obj.size >= threshold:
                 large.append((obj, head))
             else:
                 self._queue.append(lambda obj=obj, head=head: self._start_small(obj, head, 1))  # type: ignore[misc]
@@ -444,6 +445,8 @@ class S3Fetcher:
         target = self.dest / obj.relative
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + PARTIAL_SUFFIX)
+        # A killed earlier GET leaves holes anywhere in it (the CRT writes parts as they arrive).
+        tmp.unlink(missing_ok=True)
         sha = full_object_sha256(head)
         counter = Counter(self._add_bytes)
         future = self.transfer.get(
