@@ -19,8 +19,8 @@ TAG = "reg.example/pitcrew/builder:2"
     [
         (f"reg.example/pitcrew/builder@{D1}", D1),  # containerd with a registry digest
         (f"docker-pullable://reg.example/pitcrew/builder@{D1}", D1),  # dockershim style
-        (D1, None),  # a node-local image ID (imported archive): nothing a Job could pull
-        ("localnode://reg.example/pitcrew/builder:2", None),  # the process node's stand-in
+        (D1, None),  # a node-local image ID (the dev cluster's imported archives): nothing a Job could pull
+        ("localnode://reg.example/pitcrew/builder:2", None),  # no registry digest in it
         ("reg.example/x@sha256:abc", None),  # not a digest
         ("", None),
         (None, None),
