@@ -200,6 +200,17 @@ def metric_or_zero(port: int) -> int:
         return 0
 
 
+def start_counting_operator(args: argparse.Namespace, cluster: Any, work: Path, count_file: Path) -> Operator:
+    """`python -m pitcrew` with its Kubernetes write requests counted into `count_file`."""
+    return Operator(
+        cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
+        PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
+        PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
+        PITCREW_TENANT_POLICY=json.dumps(BENCH_POLICY),
+        **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
+    ).start()  # fmt: skip
+
+
 def run_fleet(args: argparse.Namespace) -> Run:
     """N EngineBuilds (cache hits of one published engine) over M namespaces: time until all are
     Succeeded and the operator's memory; then a restart: time until the operator has listed them all
@@ -216,13 +227,7 @@ def run_fleet(args: argparse.Namespace) -> Run:
         bucket = cluster.s3.bucket
         cluster.s3_client().put_object(Bucket=bucket, Key="ckpt/tiny/config.json", Body=b"{}")
         count_file = work / "counts.json"
-        op = Operator(
-            cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
-            PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
-            PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
-            PITCREW_TENANT_POLICY=json.dumps(BENCH_POLICY),
-            **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
-        ).start()  # fmt: skip
+        op = start_counting_operator(args, cluster, work, count_file)
         client = cluster.client()
         spaces = [new_namespace(cluster, "fleet") for _ in range(args.fleet_namespaces)]
         out = {"output.uri": f"s3://{bucket}/engines/fleet"}  # one engine for all: cache hits
@@ -328,13 +333,7 @@ def run_once(args: argparse.Namespace) -> Run:
         assert cluster.s3 is not None
         s3.put_object(Bucket=cluster.s3.bucket, Key="ckpt/tiny/config.json", Body=b"{}")
         count_file = work / "counts.json"
-        op = Operator(
-            cluster, work, argv=[sys.executable, str(ROOT / "bench" / "counting_operator.py")],
-            PITCREW_BENCH_COUNTS=str(count_file), PITCREW_POLL_SECONDS="10",
-            PITCREW_MAX_ACTIVE_BUILDS=args.max_active_builds,
-            PITCREW_TENANT_POLICY=json.dumps(BENCH_POLICY),
-            **({"MALLOC_ARENA_MAX": args.malloc_arena_max} if args.malloc_arena_max else {}),
-        ).start()  # fmt: skip
+        op = start_counting_operator(args, cluster, work, count_file)
         print(f"cluster + operator up in {time.monotonic() - t:.1f} s", file=sys.stderr)
         client = cluster.client()
 

@@ -43,13 +43,15 @@ class ImageSpec:
     user: str = ""
 
 
-def _digest(data: bytes) -> str:
+def blob_digest(data: bytes) -> str:
+    """The OCI digest of a blob."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _add(
+def add_tar_entry(
     tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o755, link: str = ""
 ) -> None:
+    """A reproducible tar entry (mtime 0, root-owned): a directory, a file or a symlink."""
     info = tarfile.TarInfo(name)
     info.mtime = 0
     info.uid = info.gid = 0
@@ -87,14 +89,14 @@ def busybox_layer(busybox: Path = BUSYBOX_BIN) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in ("bin", "etc", "tmp", "root", "home", "home/app", "proc", "sys", "dev", "var", "var/tmp"):
-            _add(tar, d, mode=0o1777 if d in ("tmp", "var/tmp") else 0o755)
-        _add(tar, "bin/busybox", data=binary)
+            add_tar_entry(tar, d, mode=0o1777 if d in ("tmp", "var/tmp") else 0o755)
+        add_tar_entry(tar, "bin/busybox", data=binary)
         for applet in applets:
-            _add(tar, f"bin/{applet}", link="busybox")
+            add_tar_entry(tar, f"bin/{applet}", link="busybox")
         passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001:app:/home/app:/bin/sh\n"
         passwd += "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-        _add(tar, "etc/passwd", data=passwd.encode(), mode=0o644)
-        _add(tar, "etc/group", data=b"root:x:0:\napp:x:10001:\nnogroup:x:65534:\n", mode=0o644)
+        add_tar_entry(tar, "etc/passwd", data=passwd.encode(), mode=0o644)
+        add_tar_entry(tar, "etc/group", data=b"root:x:0:\napp:x:10001:\nnogroup:x:65534:\n", mode=0o644)
     return buf.getvalue()
 
 
@@ -110,7 +112,7 @@ def _config(spec: ImageSpec) -> dict[str, Any]:
         "architecture": "amd64",
         "os": "linux",
         "config": run,
-        "rootfs": {"type": "layers", "diff_ids": [_digest(spec.layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [blob_digest(spec.layer)]},
         "history": [{"created_by": "pitcrew_devcluster.images", "comment": "built locally, no registry"}],
     }
 
@@ -122,8 +124,10 @@ def oci_archive(spec: ImageSpec) -> bytes:
         {
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA,
-            "config": {"mediaType": CONFIG_MEDIA, "digest": _digest(config), "size": len(config)},
-            "layers": [{"mediaType": LAYER_MEDIA, "digest": _digest(spec.layer), "size": len(spec.layer)}],
+            "config": {"mediaType": CONFIG_MEDIA, "digest": blob_digest(config), "size": len(config)},
+            "layers": [
+                {"mediaType": LAYER_MEDIA, "digest": blob_digest(spec.layer), "size": len(spec.layer)}
+            ],
         },
         sort_keys=True,
     ).encode()
@@ -134,7 +138,7 @@ def oci_archive(spec: ImageSpec) -> bytes:
             "manifests": [
                 {
                     "mediaType": MANIFEST_MEDIA,
-                    "digest": _digest(manifest),
+                    "digest": blob_digest(manifest),
                     "size": len(manifest),
                     "annotations": {
                         "io.containerd.image.name": spec.name,
@@ -148,12 +152,14 @@ def oci_archive(spec: ImageSpec) -> bytes:
     ).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}', mode=0o644)
-        _add(tar, "index.json", data=index, mode=0o644)
-        _add(tar, "blobs", mode=0o755)
-        _add(tar, "blobs/sha256", mode=0o755)
-        for blob in sorted({spec.layer, config, manifest}, key=_digest):
-            _add(tar, f"blobs/sha256/{_digest(blob).removeprefix('sha256:')}", data=blob, mode=0o644)
+        add_tar_entry(tar, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}', mode=0o644)
+        add_tar_entry(tar, "index.json", data=index, mode=0o644)
+        add_tar_entry(tar, "blobs", mode=0o755)
+        add_tar_entry(tar, "blobs/sha256", mode=0o755)
+        for blob in sorted({spec.layer, config, manifest}, key=blob_digest):
+            add_tar_entry(
+                tar, f"blobs/sha256/{blob_digest(blob).removeprefix('sha256:')}", data=blob, mode=0o644
+            )
     return buf.getvalue()
 
 

@@ -20,6 +20,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from pitcrew_devcluster.images import add_tar_entry, blob_digest
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = "pitcrew.test/fake-builder"
 FAKE_BUILDER_SCRIPT = Path(__file__).resolve().parent / "fake_builder.py"
@@ -40,30 +42,15 @@ def cache_dir() -> Path:
     return Path(base) / "images"
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.mtime, info.uid, info.gid, info.mode = 0, 0, 0, mode
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    else:
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-
 def file_layer(files: dict[str, bytes]) -> bytes:
     """An uncompressed, deterministic layer with `files` (absolute paths, mode 0644) and their dirs."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs = sorted({str(p) for f in files for p in Path(f.lstrip("/")).parents if str(p) != "."})
         for d in dirs:
-            _add(tar, d, None, 0o755)
+            add_tar_entry(tar, d)
         for path in sorted(files):
-            _add(tar, path.lstrip("/"), files[path], 0o644)
+            add_tar_entry(tar, path.lstrip("/"), data=files[path], mode=0o644)
     return buf.getvalue()
 
 
@@ -83,20 +70,22 @@ def derive(base: Path, out: Path, names: list[str], files: dict[str, bytes], ent
         layer = file_layer(files)
         config["config"]["Entrypoint"] = entrypoint
         config["config"].pop("Cmd", None)
-        config["rootfs"]["diff_ids"].append(_digest(layer))
+        config["rootfs"]["diff_ids"].append(blob_digest(layer))
         config.setdefault("history", []).append({"created_by": "tests/controller/fake_image.py"})
         config_bytes = json.dumps(config, sort_keys=True).encode()
         manifest["config"] = {
-            "mediaType": CONFIG_MEDIA, "digest": _digest(config_bytes), "size": len(config_bytes)
+            "mediaType": CONFIG_MEDIA, "digest": blob_digest(config_bytes), "size": len(config_bytes)
         }  # fmt: skip
-        manifest["layers"].append({"mediaType": LAYER_MEDIA, "digest": _digest(layer), "size": len(layer)})
+        manifest["layers"].append(
+            {"mediaType": LAYER_MEDIA, "digest": blob_digest(layer), "size": len(layer)}
+        )
         manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
         new_index = {
             "schemaVersion": 2,
             "manifests": [
                 {
                     "mediaType": MANIFEST_MEDIA,
-                    "digest": _digest(manifest_bytes),
+                    "digest": blob_digest(manifest_bytes),
                     "size": len(manifest_bytes),
                     "annotations": {
                         "io.containerd.image.name": name,
@@ -108,15 +97,19 @@ def derive(base: Path, out: Path, names: list[str], files: dict[str, bytes], ent
         }
         tmp = out.with_name(out.name + ".tmp")
         with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as dst:
-            _add(dst, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}', 0o644)
-            _add(dst, "index.json", json.dumps(new_index).encode(), 0o644)
-            _add(dst, "blobs", None, 0o755)
-            _add(dst, "blobs/sha256", None, 0o755)
+            add_tar_entry(dst, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}', mode=0o644)
+            add_tar_entry(dst, "index.json", data=json.dumps(new_index).encode(), mode=0o644)
+            add_tar_entry(dst, "blobs")
+            add_tar_entry(dst, "blobs/sha256")
             kept = [d["digest"] for d in manifest["layers"][:-1]]
             for digest in kept:
-                _add(dst, f"blobs/sha256/{digest.removeprefix('sha256:')}", blob(digest), 0o644)
+                add_tar_entry(
+                    dst, f"blobs/sha256/{digest.removeprefix('sha256:')}", data=blob(digest), mode=0o644
+                )
             for data in (layer, config_bytes, manifest_bytes):
-                _add(dst, f"blobs/sha256/{_digest(data).removeprefix('sha256:')}", data, 0o644)
+                add_tar_entry(
+                    dst, f"blobs/sha256/{blob_digest(data).removeprefix('sha256:')}", data=data, mode=0o644
+                )
     tmp.rename(out)
     return out
 
