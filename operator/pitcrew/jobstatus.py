@@ -76,11 +76,6 @@ def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {c.get("type", ""): c for c in obj.get("status", {}).get("conditions") or ()}
 
 
-def _true(conds: Mapping[str, Mapping[str, Any]], ctype: str) -> Mapping[str, Any] | None:
-    c = conds.get(ctype)
-    return c if c and c.get("status") == "True" else None
-
-
 def _container(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     statuses = pod.get("status", {}).get("containerStatuses") or ()
     return statuses[0] if statuses else {}
@@ -195,7 +190,6 @@ def evaluate(
     timeout_seconds: int | None = None,
 ) -> Verdict:
     status = job.get("status", {})
-    conds = _conditions(job)
     ordered = _sorted_pods(pods)
     counted = (
         int(status.get("active") or 0) + int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
@@ -234,7 +228,7 @@ def evaluate(
             finished_at=finished,
         )
 
-    failed = _true(conds, "Failed") or _true(conds, "FailureTarget")
+    failed = jobview.failure_condition(job)
     if failed:
         finished = failed.get("lastTransitionTime")
         if failed.get("reason") == "DeadlineExceeded":

@@ -32,9 +32,23 @@ def completed(job: Mapping[str, Any]) -> bool:
     return _true(job, "Complete", "SuccessCriteriaMet")
 
 
+# The final condition first: its reason and time are the ones to report.
+FAILURE_TYPES = ("Failed", "FailureTarget")
+
+
 def failed(job: Mapping[str, Any]) -> bool:
     """The Job says it failed (Failed, or FailureTarget before Failed)."""
-    return _true(job, "Failed", "FailureTarget")
+    return _true(job, *FAILURE_TYPES)
+
+
+def failure_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The condition that says the Job failed (for its reason and time), or None."""
+    conditions: list[Mapping[str, Any]] = (job.get("status") or {}).get("conditions") or []
+    for ctype in FAILURE_TYPES:
+        for c in conditions:
+            if c.get("type") == ctype and c.get("status") == "True":
+                return c
+    return None
 
 
 def decided(job: Mapping[str, Any]) -> bool:

@@ -50,3 +50,18 @@ def test_job_states(conds: tuple[str, ...], deleting: bool, want: tuple[bool, ..
 def test_a_false_condition_is_not_a_state() -> None:
     job = {"metadata": {}, "status": {"conditions": [{"type": "Complete", "status": "False"}]}}
     assert not jobview.completed(job) and jobview.holds_slot(job)
+
+
+@pytest.mark.parametrize(
+    ("conds", "expected"),
+    [
+        ((), None),
+        (("Complete",), None),
+        (("FailureTarget",), "FailureTarget"),
+        (("FailureTarget", "Failed"), "Failed"),
+    ],
+)
+def test_failure_condition_prefers_the_final_one(conds: tuple[str, ...], expected: str | None) -> None:
+    # Its reason (e.g. DeadlineExceeded) and time are what the status reports.
+    found = jobview.failure_condition(_job(*conds))
+    assert (found or {}).get("type") == expected
